@@ -1,0 +1,212 @@
+"""A GPT-2 style decoder-only Transformer with a KV cache for generation.
+
+The layout (pre-LayerNorm blocks, GELU MLP, learned positions, tied embeddings, parameter names)
+matches GPT-2, so a checkpoint maps one-to-one onto Hugging Face's ``GPT2LMHeadModel``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 8000  # tokenizer size; bigger = shorter sequences but a larger embedding table
+    block_size: int = 256  # longest context the model sees; attention cost grows with its square
+    n_layer: int = 6  # depth: more layers = more capacity, slower steps
+    n_head: int = 6  # attention heads; must divide n_embed
+    n_embed: int = 384  # width of the residual stream
+    dropout: float = 0.1  # regularisation for small corpora; 0 for large ones or for exact tests
+    bias: bool = True  # biases in Linear and LayerNorm, as GPT-2 has them
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, for every layer: (B, nh, block_size, hs) each."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embed // config.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0  # number of positions filled
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Stores this step's (B, nh, T, hs) keys/values; returns all of them so far."""
+        end = self.pos + k.size(2)
+        self.k[layer, :, :, self.pos : end] = k
+        self.v[layer, :, :, self.pos : end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        assert config.n_embed % config.n_head == 0
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embed, 3 * config.n_embed, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embed, config.n_embed, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            if T > 1 and cache.pos > 0:
+                raise ValueError("a multi-token step must start from an empty cache (prefill)")
+            k, v = cache.update(layer, k, v)  # (B, nh, pos + T, hs)
+        # A prefill is causal; one new token attends to every cached one. SDPA picks flash attention on CUDA.
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=T > 1, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embed, 4 * config.n_embed, bias=config.bias)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
+        self.c_proj = nn.Linear(4 * config.n_embed, config.n_embed, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embed, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embed, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embed),
+                wpe=nn.Embedding(config.block_size, config.n_embed),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                ln_f=nn.LayerNorm(config.n_embed, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embed, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied input/output embeddings
+        self.apply(self._init_weights)
+        # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer): two residual adds per block.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx, targets=None, cache: KVCache | None = None):
+        """idx: (B, T) token ids → logits (B, T, vocab), and the mean cross-entropy if targets are given."""
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.pos += T
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[torch.Tensor]:
+        """Yields max_new_tokens next tokens, each (B,), continuing the (B, T) prompt idx.
+
+        With the cache, the prompt is prefilled once and each step feeds one token. When the
+        context fills block_size it keeps its newest half and is prefilled again (a "context
+        shift", as llama.cpp does): a sliding window would re-prefill on every step and make the
+        cache useless. Without the cache the whole window is recomputed each step, over exactly
+        the same tokens, so both paths give the same logits.
+        """
+        block = self.config.block_size
+        ctx = idx[:, -block:]
+        cache = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype) if use_cache else None
+        new = ctx  # tokens the model has not seen yet
+        for _ in range(max_new_tokens):
+            logits, _ = self(new if cache is not None else ctx, cache=cache)
+            token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
+            yield token
+            ctx = torch.cat([ctx, token[:, None]], dim=1)
+            new = token[:, None]
+            if ctx.size(1) > block:
+                ctx = ctx[:, -max(1, block // 2) :]
+                new = ctx
+                if cache is not None:
+                    cache.reset()
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Picks one token per row of (B, vocab) logits. temperature 0 = argmax; top_k 0 and top_p 1 = off."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k > 0:
+        k = min(top_k, logits.size(-1))  # a top_k above the vocabulary means "all of them"
+        kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the ones ranked above it already reach top_p (the first always stays).
+        drop = probs.cumsum(dim=-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,139 @@
+"""Stream text from a checkpoint written by train_bpe.py.
+
+    python sample_bpe.py --ckpt bpe_best.pt --prompt "ROMEO:" --temperature 0.8 --top_k 80
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+import data
+from checkpoint import CheckpointError, load_checkpoint
+from model import GPT, GPTConfig
+from train_bpe import OneLineParser, resolve_device
+
+EXAMPLES = """examples:
+  python sample_bpe.py --ckpt bpe_best.pt --prompt "ROMEO:" --temperature 0.8 --top_k 80
+  python sample_bpe.py --ckpt bpe_best.pt --prompt "def train_model(" --temperature 0.7 --top_k 100
+  python sample_bpe.py --ckpt bpe_best.pt --prompt "KING:" --temperature 0   # greedy, deterministic
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="sample_bpe.py", description=__doc__.splitlines()[0], epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--ckpt", default="bpe_best.pt", help="checkpoint written by train_bpe.py")
+    p.add_argument("--prompt", default="", help="text to continue (empty: start from <bos>)")
+    p.add_argument("--max_new_tokens", type=int, default=300, help="tokens to generate per sample")
+    p.add_argument("--temperature", type=float, default=0.9, help="randomness; 0 = always the likeliest token")
+    p.add_argument("--top_k", type=int, default=80, help="sample among the k likeliest tokens (0 = all)")
+    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling: smallest set with this mass (1 = off)")
+    p.add_argument("--num_samples", type=int, default=1, help="how many samples to write, one after another")
+    p.add_argument("--seed", type=int, default=1337, help="random seed (same seed, same text)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--stop_at_eos", action="store_true", help="end a sample at the end-of-document token")
+    return p
+
+
+def check_args(args) -> str | None:
+    if args.max_new_tokens < 1:
+        return f"--max_new_tokens must be at least 1, got {args.max_new_tokens}"
+    if args.temperature < 0:
+        return f"--temperature must be 0 (greedy) or more, got {args.temperature}"
+    if args.top_k < 0:
+        return f"--top_k must be 0 (off) or more, got {args.top_k}"
+    if not 0 < args.top_p <= 1:
+        return f"--top_p must be in (0, 1], got {args.top_p}"
+    if args.num_samples < 1:
+        return f"--num_samples must be at least 1, got {args.num_samples}"
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def load_model(path, device) -> tuple[GPT, Tokenizer]:
+    """The model and the tokenizer embedded in a checkpoint (the tokenizer file itself is not needed)."""
+    state = load_checkpoint(path)
+    try:
+        model = GPT(GPTConfig(**state["config"]))
+        model.load_state_dict(state["model"])
+        tok = Tokenizer.from_str(state["tokenizer_json"])
+    except Exception as exc:  # a checkpoint with our format tag but inconsistent contents
+        raise CheckpointError(f"checkpoint {path} is damaged ({type(exc).__name__}: {exc})") from None
+    return model.to(device).eval(), tok
+
+
+class StreamDecoder:
+    """Turns token ids into text piece by piece, holding back an unfinished multi-byte character."""
+
+    def __init__(self, tok: Tokenizer):
+        self.tok, self.ids, self.emitted = tok, [], 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):  # a character whose bytes have not all arrived yet
+            return ""
+        new, self.emitted = text[self.emitted :], len(text)
+        return new
+
+    def flush(self) -> str:
+        text = self.tok.decode(self.ids)
+        new, self.emitted = text[self.emitted :], len(text)
+        return new
+
+
+def run(args) -> int:
+    device = resolve_device(args.device)
+    model, tok = load_model(args.ckpt, device)
+    prompt_ids = tok.encode(args.prompt, add_special_tokens=False).ids if args.prompt else [data.BOS_ID]
+    block = model.config.block_size
+    if len(prompt_ids) > block:
+        raise CheckpointError(
+            f"--prompt is {len(prompt_ids)} tokens, longer than the model's context of {block}: shorten it"
+        )
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    # The text itself shows progress on a terminal; when stdout is a file, show a bar on stderr instead.
+    show_bar = not sys.stdout.isatty()
+    for n in range(args.num_samples):
+        if n:
+            sys.stdout.write("\n" + "-" * 40 + "\n")
+        sys.stdout.write(args.prompt)
+        decoder = StreamDecoder(tok)
+        steps = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p, gen)
+        for token in tqdm(steps, total=args.max_new_tokens, desc="sampling", unit=" tok", disable=not show_bar, leave=False):
+            token_id = int(token[0])
+            if args.stop_at_eos and token_id == data.EOS_ID:
+                break
+            sys.stdout.write(decoder.push(token_id))
+            sys.stdout.flush()
+        sys.stdout.write(decoder.flush() + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = check_args(args)
+    if problem:
+        parser.error(problem)
+    try:
+        return run(args)
+    except CheckpointError as exc:
+        print(f"sample_bpe.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""Train a byte-level BPE tokenizer and a GPT on your own text or code.
+
+    python train_bpe.py --preset cpu                       # bundled Shakespeare, a few minutes on a laptop
+    python train_bpe.py --data_dir ~/notes --use_cosine    # a folder of text and code, recursively
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import data
+from checkpoint import CheckpointError, atomic_write_text, save_checkpoint
+from model import GPT, GPTConfig
+from schedule import lr_factor
+
+DEFAULT_DATA_FILE = Path(__file__).resolve().parent / "data" / "input.txt"
+BEST_NAME, LAST_NAME = "bpe_best.pt", "mini_gpt_last.pt"
+
+# Small settings for a 2-core CPU: the README's main command finishes in a few minutes.
+# Any flag given explicitly overrides its preset value.
+PRESETS = {
+    "cpu": dict(
+        vocab_size=2048, n_layer=4, n_head=4, n_embed=128, block_size=128, dropout=0.0,
+        batch_size=16, grad_accum_steps=1, max_steps=1500, warmup_steps=100, lr=2e-3,
+        eval_interval=250, eval_iters=20, use_cosine=True,
+    ),
+}
+
+EXAMPLES = """examples:
+  python train_bpe.py --preset cpu                            # bundled corpus, a few minutes on a CPU
+  python train_bpe.py --data_file data/input.txt --use_cosine
+  python train_bpe.py --data_dir ~/my-corpus --vocab_size 12000 --block_size 512 --use_cosine
+"""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Reports a bad flag in one line (not usage + message) and exits with code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="train_bpe.py", description=__doc__.splitlines()[0], epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a set of defaults (cpu: small and quick)")
+
+    g = p.add_argument_group("data")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--data_file", type=Path, help="one UTF-8 text file (default: the bundled data/input.txt)")
+    src.add_argument("--data_dir", type=Path, help="a folder of .txt/.md/code files, searched recursively")
+    g.add_argument("--tokenizer", type=Path, help="reuse this tokenizer.json instead of training one")
+    g.add_argument("--tokenizer_path", type=Path, default=Path("bpe/tokenizer.json"),
+                   help="where a newly trained tokenizer is saved")
+    g.add_argument("--vocab_size", type=int, default=8000, help="BPE vocabulary size, specials included")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--n_layer", type=int, default=6, help="number of Transformer blocks")
+    g.add_argument("--n_head", type=int, default=6, help="attention heads per block; must divide --n_embed")
+    g.add_argument("--n_embed", type=int, default=384, help="width of the residual stream")
+    g.add_argument("--block_size", type=int, default=256, help="context length in tokens")
+    g.add_argument("--dropout", type=float, default=0.1, help="dropout probability (0 disables it)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch_size", type=int, default=128, help="sequences per micro-batch")
+    g.add_argument("--grad_accum_steps", type=int, default=2,
+                   help="micro-batches per optimizer step; effective batch = batch_size x this")
+    g.add_argument("--max_steps", type=int, default=5000, help="optimizer steps to train for")
+    g.add_argument("--warmup_steps", type=int, default=200, help="linear LR warmup steps (with --use_cosine)")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    g.add_argument("--min_lr_factor", type=float, default=0.1, help="final LR as a fraction of --lr (cosine)")
+    g.add_argument("--weight_decay", type=float, default=0.1, help="AdamW weight decay, on matrices only")
+    g.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient norm to this (0 = off)")
+    g.add_argument("--use_cosine", action="store_true", help="warmup then cosine decay (else a constant LR)")
+
+    g = p.add_argument_group("hardware")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="mixed precision on CUDA (bf16 where supported, else fp16); always off on CPU")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the model (faster steps after a slow first one)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    g.add_argument("--seed", type=int, default=42, help="random seed for weights and batches")
+
+    g = p.add_argument_group("evaluation and output")
+    g.add_argument("--eval_interval", type=int, default=250, help="evaluate and checkpoint every N steps")
+    g.add_argument("--eval_iters", type=int, default=50, help="batches averaged per evaluation")
+    g.add_argument("--out_dir", type=Path, default=Path("."), help=f"folder for {BEST_NAME} and {LAST_NAME}")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset:
+        parser.set_defaults(**PRESETS[preset])
+    args = parser.parse_args(argv)
+    problem = check_args(args)
+    if problem:
+        parser.error(problem)
+    return args
+
+
+def check_args(args) -> str | None:
+    """The first thing wrong with the flags, as a message, or None."""
+    for name in ("vocab_size", "n_layer", "n_head", "n_embed", "block_size", "batch_size",
+                 "grad_accum_steps", "max_steps", "eval_interval", "eval_iters"):
+        if getattr(args, name) < 1:
+            return f"--{name} must be at least 1, got {getattr(args, name)}"
+    if args.n_embed % args.n_head:
+        return f"--n_embed {args.n_embed} is not divisible by --n_head {args.n_head}"
+    if args.vocab_size < data.MIN_VOCAB_SIZE:
+        return f"--vocab_size {args.vocab_size} is too small: byte-level BPE needs at least {data.MIN_VOCAB_SIZE}"
+    if not 0 <= args.dropout < 1:
+        return f"--dropout must be in [0, 1), got {args.dropout}"
+    if args.lr <= 0 or not math.isfinite(args.lr):
+        return f"--lr must be a positive number, got {args.lr}"
+    if args.warmup_steps < 0 or args.warmup_steps > args.max_steps:
+        return f"--warmup_steps {args.warmup_steps} must be between 0 and --max_steps {args.max_steps}"
+    if not 0 <= args.min_lr_factor <= 1:
+        return f"--min_lr_factor must be in [0, 1], got {args.min_lr_factor}"
+    if args.weight_decay < 0 or args.grad_clip < 0:
+        return "--weight_decay and --grad_clip must not be negative"
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise ValueError(f"--device {name} is not available on this machine: use --device auto or cpu")
+    return device
+
+
+def amp_dtype(device_type: str, bf16_supported: bool, enabled: bool = True) -> torch.dtype | None:
+    """The autocast dtype: bf16 on CUDA where supported, else fp16 (needs a GradScaler); None = off."""
+    if not enabled or device_type != "cuda":
+        return None
+    return torch.bfloat16 if bf16_supported else torch.float16
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device_type: str):
+    """AdamW with weight decay on matrices (weights, embeddings) only, not on biases or LayerNorm gains."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # betas (0.9, 0.95) as GPT-3 and nanoGPT train; fused kernels only exist for CUDA tensors.
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device_type == "cuda")
+
+
+def prepare_tokenizer(args, corpus: data.Corpus):
+    """Loads --tokenizer, or trains one and saves it without clobbering a different existing file."""
+    if args.tokenizer:
+        tok = data.load_tokenizer(args.tokenizer)
+        if tok.token_to_id("<eos>") != data.EOS_ID:
+            raise data.DataError(f"--tokenizer {args.tokenizer} lacks <eos> at id {data.EOS_ID}: train a new one")
+        return tok, args.tokenizer
+    tok = data.train_tokenizer(corpus, args.vocab_size)
+    path = args.tokenizer_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = tok.to_str()
+    if path.exists() and path.read_text(encoding="utf-8", errors="replace") != text:
+        stem, n = path.with_suffix(""), 1
+        while (alt := Path(f"{stem}-{n}.json")).exists():
+            n += 1
+        print(f"{path} holds a different tokenizer; keeping it and saving the new one as {alt}")
+        path = alt
+    atomic_write_text(path, text)
+    return tok, path
+
+
+@torch.no_grad()
+def estimate_loss(model, token_data, batch_size, eval_iters, device, autocast, seed) -> dict:
+    """Mean loss on eval_iters random batches of each split (the same batches at every evaluation)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for split in ("train", "val"):
+        losses = []
+        for _ in range(eval_iters):
+            x, y = token_data.get_batch(split, batch_size, gen)
+            with autocast():
+                _, loss = model(x.to(device), y.to(device))
+            losses.append(loss.item())
+        out[split] = float(np.mean(losses))
+    model.train()
+    return out
+
+
+def run(args) -> int:
+    torch.manual_seed(args.seed)
+    device = resolve_device(args.device)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(args.out_dir, os.W_OK):
+        raise data.DataError(f"--out_dir {args.out_dir} is not writable: pick another folder")
+
+    data_file = args.data_file if args.data_file or args.data_dir else DEFAULT_DATA_FILE
+    corpus = data.scan_corpus(data_file=data_file, data_dir=args.data_dir)
+    print(corpus.summary())
+    tok, tok_path = prepare_tokenizer(args, corpus)
+    tokens = data.encode_corpus(tok, corpus.documents(), len(corpus.files))
+    token_data = data.TokenData(tokens, args.block_size)
+    val_bytes = int(data.token_byte_lengths(tok)[token_data.val].sum())
+    print(f"tokenizer: {tok.get_vocab_size()} tokens ({tok_path}); dataset: {len(tokens):,} tokens, "
+          f"{len(token_data.train):,} train / {len(token_data.val):,} val")
+
+    config = GPTConfig(
+        vocab_size=tok.get_vocab_size(), block_size=args.block_size, n_layer=args.n_layer,
+        n_head=args.n_head, n_embed=args.n_embed, dropout=args.dropout,
+    )
+    raw_model = GPT(config).to(device)
+    model = torch.compile(raw_model) if args.compile else raw_model  # checkpoints save raw_model
+    optimizer = make_optimizer(raw_model, args.lr, args.weight_decay, device.type)
+    dtype = amp_dtype(device.type, device.type == "cuda" and torch.cuda.is_bf16_supported(), args.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    def autocast():
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~free speed on Ampere and later
+        torch.backends.cudnn.allow_tf32 = True
+
+    tokens_per_step = args.batch_size * args.grad_accum_steps * args.block_size
+    print(f"config: {vars_for_log(args)}")
+    print(f"device: {device}, precision: {dtype or torch.float32}, parameters: {raw_model.num_params() / 1e6:.2f}M, "
+          f"effective batch: {args.batch_size} x {args.grad_accum_steps} = {args.batch_size * args.grad_accum_steps} "
+          f"sequences ({tokens_per_step:,} tokens) per step")
+
+    def save(path: Path, step: int, best_val: float) -> None:
+        save_checkpoint(path, {
+            "model": raw_model.state_dict(),
+            "config": asdict(config),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "step": step,
+            "best_val_loss": best_val,
+            "args": vars_for_log(args),
+            "tokenizer_path": str(tok_path),
+            "tokenizer_json": tok.to_str(),
+        })
+
+    gen = torch.Generator().manual_seed(args.seed)
+    best_val = float("inf")
+    bar = tqdm(range(args.max_steps), desc="training", unit=" steps", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for step in bar:
+        lr = args.lr * (lr_factor(step, args.warmup_steps, args.max_steps, args.min_lr_factor) if args.use_cosine else 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for _ in range(args.grad_accum_steps):
+            x, y = token_data.get_batch("train", args.batch_size, gen)
+            if device.type == "cuda":
+                x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+            else:
+                x, y = x.to(device), y.to(device)
+            with autocast():
+                _, loss = model(x, y)
+            scaler.scale(loss / args.grad_accum_steps).backward()  # mean over the effective batch
+        if args.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        tok_s = done * tokens_per_step / (time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False)
+        if done % args.eval_interval == 0 or done == args.max_steps:
+            losses = estimate_loss(model, token_data, args.batch_size, args.eval_iters, device, autocast, args.seed + 1)
+            bpb = data.bits_per_byte(losses["val"], len(token_data.val), val_bytes)
+            is_best = losses["val"] < best_val
+            best_val = min(best_val, losses["val"])
+            tqdm.write(f"step {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                       f"val ppl {math.exp(losses['val']):.2f}, val bits/byte {bpb:.3f}"
+                       + (" (best, saved)" if is_best else ""))
+            save(args.out_dir / LAST_NAME, done, best_val)
+            if is_best:
+                save(args.out_dir / BEST_NAME, done, best_val)
+    bar.close()
+    print(f"done in {time.perf_counter() - t0:.0f}s; best val loss {best_val:.4f}; "
+          f"sample with: python sample_bpe.py --ckpt {args.out_dir / BEST_NAME}")
+    return 0
+
+
+def vars_for_log(args) -> dict:
+    """The resolved flags as plain values (paths as strings), for the log and the checkpoint."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (data.DataError, CheckpointError) as exc:
+        print(f"train_bpe.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
