@@ -89,12 +89,14 @@ def _check_file(path: Path) -> str | None:
     return None if text else "empty"
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    """Every file under root in sorted order, skipping hidden and tooling folders."""
+def _walk(root: Path) -> list[Path]:
+    """Every file under root, sorted by path (a/b.txt before a/c/d.txt before b.txt), skipping
+    hidden and tooling folders."""
+    found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
-        for name in sorted(filenames):
-            yield Path(dirpath) / name
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS]
+        found.extend(Path(dirpath) / name for name in filenames)
+    return sorted(found, key=lambda p: p.relative_to(root).parts)
 
 
 def scan_corpus(data_file: str | Path | None = None, data_dir: str | Path | None = None) -> Corpus:

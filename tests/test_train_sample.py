@@ -1,0 +1,116 @@
+import pytest
+import torch
+from tokenizers import Tokenizer
+
+import sample_bpe
+import train_bpe
+from checkpoint import load_checkpoint
+from conftest import TINY_MODEL_ARGS
+from model import GPT, GPTConfig
+
+
+def test_training_lowers_the_loss_and_writes_both_checkpoints(tiny_run, capsys):
+    assert (tiny_run / "bpe_best.pt").is_file() and (tiny_run / "mini_gpt_last.pt").is_file()
+    state = torch.load(tiny_run / "mini_gpt_last.pt", weights_only=True)
+    assert state["step"] == 40
+    # ln(300) ≈ 5.7 nats at initialisation; 40 steps on 12 KB must do clearly better.
+    assert state["best_val_loss"] < 5.0
+    assert state["config"] == {"vocab_size": 300, "block_size": 32, "n_layer": 2, "n_head": 2,
+                               "n_embed": 32, "dropout": 0.0, "bias": True}
+
+
+def test_checkpoint_is_self_contained_and_plain(tiny_run):
+    state = torch.load(tiny_run / "bpe_best.pt", weights_only=True)  # tensors and plain types only
+    assert state["format_version"] == 1 and state["tokenizer_path"].endswith("tok.json")
+    assert Tokenizer.from_str(state["tokenizer_json"]).get_vocab_size() == 300
+    assert {"model", "optimizer", "scaler", "step", "best_val_loss", "args"} <= state.keys()
+    assert state["args"]["lr"] == 3e-3 and isinstance(state["args"]["out_dir"], str)
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tiny_run):
+    state = load_checkpoint(tiny_run / "bpe_best.pt")
+    model = GPT(GPTConfig(**state["config"])).eval()
+    model.load_state_dict(state["model"])
+    reloaded, _ = sample_bpe.load_model(tiny_run / "bpe_best.pt", torch.device("cpu"))
+    idx = torch.randint(0, 300, (2, 20))
+    assert torch.equal(model(idx)[0], reloaded(idx)[0])
+
+
+def test_sampling_streams_text_after_the_tokenizer_file_is_gone(tiny_run, tmp_path, capsys):
+    ckpt = tmp_path / "moved.pt"
+    ckpt.write_bytes((tiny_run / "bpe_best.pt").read_bytes())
+    (tiny_run / "tok.json").rename(tmp_path / "elsewhere.json")  # as if deleted or overwritten
+    try:
+        code = sample_bpe.main(["--ckpt", str(ckpt), "--prompt", "ROMEO:", "--max_new_tokens", "30",
+                                "--temperature", "0", "--device", "cpu"])
+    finally:
+        (tmp_path / "elsewhere.json").rename(tiny_run / "tok.json")
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith("ROMEO:") and len(out) > len("ROMEO:\n")
+
+
+def sample_text(ckpt, capsys, *extra):
+    assert sample_bpe.main(["--ckpt", str(ckpt), "--max_new_tokens", "25", "--device", "cpu", *extra]) == 0
+    return capsys.readouterr().out
+
+
+def test_greedy_sampling_is_deterministic_and_seeds_reproduce(tiny_run, capsys):
+    ckpt = tiny_run / "bpe_best.pt"
+    assert sample_text(ckpt, capsys, "--temperature", "0", "--seed", "1") == \
+        sample_text(ckpt, capsys, "--temperature", "0", "--seed", "2")
+    assert sample_text(ckpt, capsys, "--seed", "5") == sample_text(ckpt, capsys, "--seed", "5")
+
+
+def test_top_k_above_vocab_and_empty_prompt_work(tiny_run, capsys):
+    out = sample_text(tiny_run / "bpe_best.pt", capsys, "--top_k", "100000", "--prompt", "", "--num_samples", "2")
+    assert out.count("-" * 40) == 1  # two samples, one separator
+
+
+def test_stream_decoder_never_splits_a_multibyte_character(tiny_tokenizer):
+    text = "fin 🙂 café 東京"
+    ids = tiny_tokenizer.encode(text, add_special_tokens=False).ids
+    decoder = sample_bpe.StreamDecoder(tiny_tokenizer)
+    pieces = [decoder.push(i) for i in ids] + [decoder.flush()]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_amp_dtype_choice():
+    assert train_bpe.amp_dtype("cuda", bf16_supported=True) == torch.bfloat16
+    assert train_bpe.amp_dtype("cuda", bf16_supported=False) == torch.float16  # needs the GradScaler
+    assert train_bpe.amp_dtype("cpu", bf16_supported=True) is None
+    assert train_bpe.amp_dtype("cuda", bf16_supported=True, enabled=False) is None
+
+
+def test_weight_decay_only_on_matrices():
+    model = GPT(GPTConfig(vocab_size=300, block_size=8, n_layer=1, n_head=2, n_embed=16))
+    decay, no_decay = train_bpe.make_optimizer(model, 1e-3, 0.1, "cpu").param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
+    n_params = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert n_params == sum(p.numel() for p in model.parameters())  # tied weight counted once
+
+
+def test_preset_values_yield_to_explicit_flags():
+    args = train_bpe.parse_args(["--preset", "cpu", "--n_layer", "3"])
+    assert args.n_layer == 3 and args.n_embed == train_bpe.PRESETS["cpu"]["n_embed"]
+    assert train_bpe.parse_args([]).n_embed == 384  # the GPU defaults without a preset
+
+
+def test_run_log_shows_config_device_params_and_effective_batch(tiny_file, tmp_path, capsys):
+    code = train_bpe.main(["--data_file", str(tiny_file), "--tokenizer_path", str(tmp_path / "t.json"),
+                           "--out_dir", str(tmp_path), *TINY_MODEL_ARGS, "--grad_accum_steps", "3",
+                           "--max_steps", "2", "--eval_interval", "2", "--eval_iters", "1", "--warmup_steps", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "device: cpu" in out and "parameters:" in out
+    assert "effective batch: 8 x 3 = 24 sequences" in out
+    assert "val bits/byte" in out
+
+
+def test_reusing_a_tokenizer_skips_training(tiny_file, tiny_run, tmp_path):
+    code = train_bpe.main(["--data_file", str(tiny_file), "--tokenizer", str(tiny_run / "tok.json"),
+                           "--out_dir", str(tmp_path), *TINY_MODEL_ARGS, "--max_steps", "2",
+                           "--eval_interval", "2", "--eval_iters", "1", "--warmup_steps", "0"])
+    state = torch.load(tmp_path / "bpe_best.pt", weights_only=True)
+    assert code == 0 and state["tokenizer_json"] == (tiny_run / "tok.json").read_text()
