@@ -15,7 +15,7 @@ from tqdm import tqdm
 import data
 from checkpoint import CheckpointError, load_checkpoint
 from model import GPT, GPTConfig
-from train_bpe import OneLineParser, resolve_device
+from train_bpe import HelpFormatter, OneLineParser, resolve_device
 
 EXAMPLES = """examples:
   python sample_bpe.py --ckpt bpe_best.pt --prompt "ROMEO:" --temperature 0.8 --top_k 80
@@ -27,7 +27,7 @@ EXAMPLES = """examples:
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="sample_bpe.py", description=__doc__.splitlines()[0], epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--ckpt", default="bpe_best.pt", help="checkpoint written by train_bpe.py")
     p.add_argument("--prompt", default="", help="text to continue (empty: start from <bos>)")

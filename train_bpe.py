@@ -44,6 +44,10 @@ EXAMPLES = """examples:
 """
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows each flag's default and keeps the examples' line breaks."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """Reports a bad flag in one line (not usage + message) and exits with code 2."""
 
@@ -54,7 +58,7 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="train_bpe.py", description=__doc__.splitlines()[0], epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a set of defaults (cpu: small and quick)")
 
