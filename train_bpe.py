@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
+import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -17,10 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from tqdm import tqdm
 
 import data
-from checkpoint import CheckpointError, atomic_write_text, save_checkpoint
+import resume
+from checkpoint import (
+    CheckpointError, atomic_write_text, check_out_dir, load_checkpoint, remove_stale_temps, rng_state, save_checkpoint,
+)
+from interrupt import GracefulStop, StopNow
 from model import GPT, GPTConfig
 from schedule import lr_factor
 
@@ -41,11 +46,17 @@ EXAMPLES = """examples:
   python train_bpe.py --preset cpu                            # bundled corpus, a few minutes on a CPU
   python train_bpe.py --data_file data/input.txt --use_cosine
   python train_bpe.py --data_dir ~/my-corpus --vocab_size 12000 --block_size 512 --use_cosine
+  python train_bpe.py --resume                                # continue ./mini_gpt_last.pt where it stopped
+  python train_bpe.py --resume out/mini_gpt_last.pt --max_steps 8000   # ... and train longer
 """
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """--help shows each flag's default and keeps the examples' line breaks."""
+
+
+class TrainingDiverged(Exception):
+    """Too many optimizer steps in a row had a non-finite loss or gradient."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -68,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data_dir", type=Path, help="a folder of .txt/.md/code files, searched recursively")
     g.add_argument("--tokenizer", type=Path, help="reuse this tokenizer.json instead of training one")
     g.add_argument("--tokenizer_path", type=Path, default=Path("bpe/tokenizer.json"),
-                   help="where a newly trained tokenizer is saved")
+                   help="where a newly trained tokenizer is saved (a different existing file is kept: "
+                        "the new one gets a -1, -2, ... name)")
+    g.add_argument("--overwrite_tokenizer", action="store_true",
+                   help="replace a different tokenizer already at --tokenizer_path instead of using a new name")
     g.add_argument("--vocab_size", type=int, default=8000, help="BPE vocabulary size, specials included")
 
     g = p.add_argument_group("model")
@@ -89,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--weight_decay", type=float, default=0.1, help="AdamW weight decay, on matrices only")
     g.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient norm to this (0 = off)")
     g.add_argument("--use_cosine", action="store_true", help="warmup then cosine decay (else a constant LR)")
+    g.add_argument("--max_bad_steps", type=int, default=20,
+                   help="stop after this many optimizer steps in a row with a non-finite loss or gradient "
+                        "(each such step is skipped)")
 
     g = p.add_argument_group("hardware")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
@@ -102,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval_interval", type=int, default=250, help="evaluate and checkpoint every N steps")
     g.add_argument("--eval_iters", type=int, default=50, help="batches averaged per evaluation")
     g.add_argument("--out_dir", type=Path, default=Path("."), help=f"folder for {BEST_NAME} and {LAST_NAME}")
+    g.add_argument("--resume", nargs="?", const="", metavar="PATH",
+                   help=f"continue a run from its checkpoint (default <out_dir>/{LAST_NAME}); flags not given "
+                        f"are taken from it")
     return p
 
 
@@ -111,16 +131,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     if preset:
         parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args(argv)
-    problem = check_args(args)
-    if problem:
-        parser.error(problem)
+    if args.resume is None:  # a resumed run is checked once the checkpoint's flags are in (prepare_resume)
+        problem = check_args(args)
+        if problem:
+            parser.error(problem)
     return args
 
 
 def check_args(args) -> str | None:
     """The first thing wrong with the flags, as a message, or None."""
     for name in ("vocab_size", "n_layer", "n_head", "n_embed", "block_size", "batch_size",
-                 "grad_accum_steps", "max_steps", "eval_interval", "eval_iters"):
+                 "grad_accum_steps", "max_steps", "eval_interval", "eval_iters", "max_bad_steps"):
         if getattr(args, name) < 1:
             return f"--{name} must be at least 1, got {getattr(args, name)}"
     if args.n_embed % args.n_head:
@@ -188,16 +209,97 @@ def prepare_tokenizer(args, corpus: data.Corpus):
         return tok, args.tokenizer
     tok = data.train_tokenizer(corpus, args.vocab_size)
     path = args.tokenizer_path
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = tok.to_str()
-    if path.exists() and path.read_text(encoding="utf-8", errors="replace") != text:
-        stem, n = path.with_suffix(""), 1
-        while (alt := Path(f"{stem}-{n}.json")).exists():
-            n += 1
-        print(f"{path} holds a different tokenizer; keeping it and saving the new one as {alt}")
-        path = alt
-    atomic_write_text(path, text)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file() and path.read_text(encoding="utf-8", errors="replace") != text:
+            if args.overwrite_tokenizer:
+                print(f"{path} holds a different tokenizer; replacing it (--overwrite_tokenizer)")
+            else:
+                stem, n = path.with_suffix(""), 1
+                while (alt := Path(f"{stem}-{n}.json")).exists():
+                    n += 1
+                print(f"{path} holds a different tokenizer; keeping it and saving the new one as {alt} "
+                      f"(--overwrite_tokenizer replaces it)")
+                path = alt
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise data.DataError(
+            f"--tokenizer_path {path} cannot be written ({exc.strerror or exc}): pick another path"
+        ) from None
     return tok, path
+
+
+def resumed_tokenizer(args, state: dict, given: set[str]):
+    """The tokenizer inside the checkpoint; a --tokenizer typed now must be the same one."""
+    tok = Tokenizer.from_str(state["tokenizer_json"])
+    if "tokenizer" in given and args.tokenizer is not None:
+        if data.load_tokenizer(args.tokenizer).to_str() != state["tokenizer_json"]:
+            raise CheckpointError(
+                f"--tokenizer {args.tokenizer} differs from the one inside --resume {args.resume}: "
+                f"drop --tokenizer (the checkpoint carries its own)"
+            )
+    return tok, Path(state.get("tokenizer_path", "(inside the checkpoint)"))
+
+
+def prepare_resume(args, argv) -> dict:
+    """Loads the --resume checkpoint and fills every flag not typed now from it (see resume.py)."""
+    path = Path(args.resume) if args.resume else args.out_dir / LAST_NAME
+    state = load_checkpoint(path, flag="--resume")
+    missing = [k for k in resume.RESUME_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"--resume {path} cannot be resumed (it lacks {', '.join(missing)}); it can still be sampled from"
+        )
+    given = resume.explicit_flags(build_parser(), argv)
+    changes = resume.apply_saved_args(args, given, state["args"], resume.path_flags(build_parser()), path)
+    if "out_dir" not in given:  # keep writing beside the checkpoint, even if its folder was moved
+        args.out_dir = path.parent
+    args.resume = path
+    if state["step"] >= args.max_steps:
+        raise CheckpointError(
+            f"--resume {path} is already at step {state['step']} of --max_steps {args.max_steps}: "
+            f"pass a larger --max_steps to train further"
+        )
+    print(f"resuming from {path} at step {state['step']}"
+          + (f"; changed: {', '.join(changes)}" if changes else "; same settings"))
+    state["given"] = given
+    return state
+
+
+def checkpoint_bytes(args) -> int:
+    """About how big one checkpoint of this run will be: fp32 weights, AdamW's two moments, the tokenizer."""
+    config = GPTConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                       n_head=args.n_head, n_embed=args.n_embed)
+    with torch.device("meta"):  # shapes only, no memory
+        params = sum(p.numel() for p in GPT(config).parameters())
+    return 3 * 4 * params + 100 * args.vocab_size
+
+
+class SkippedSteps:
+    """Counts optimizer steps skipped for a non-finite loss or gradient; too many in a row end the run."""
+
+    def __init__(self, limit: int):
+        self.limit, self.total, self.in_a_row = limit, 0, 0
+
+    def record(self, loss_finite: bool, grads_finite: bool, scaler_on: bool) -> bool:
+        """Returns whether to take the step. An fp16 overflow (finite loss, inf gradients under a
+        GradScaler) is the scaler calibrating its scale, skipped but not counted towards the limit."""
+        if loss_finite and grads_finite:
+            self.in_a_row = 0
+            return True
+        self.total += 1
+        if not (scaler_on and loss_finite):
+            self.in_a_row += 1
+        return False
+
+    @property
+    def diverged(self) -> bool:
+        return self.in_a_row >= self.limit
+
+
+def finite_weights(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 @torch.no_grad()
@@ -218,18 +320,30 @@ def estimate_loss(model, token_data, batch_size, eval_iters, device, autocast, s
     return out
 
 
-def run(args) -> int:
+def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None) -> int:
+    stop = stop or GracefulStop()
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(args.out_dir, os.W_OK):
-        raise data.DataError(f"--out_dir {args.out_dir} is not writable: pick another folder")
+    # Fail now, not after an hour of training: room for best + last + the temporary file of a save.
+    check_out_dir(args.out_dir, 3 * checkpoint_bytes(args), names=(BEST_NAME, LAST_NAME))
+    for stale in remove_stale_temps(args.out_dir, (BEST_NAME, LAST_NAME)):
+        print(f"removed {stale}, left by a run that was killed while saving")
 
     data_file = args.data_file if args.data_file or args.data_dir else DEFAULT_DATA_FILE
     corpus = data.scan_corpus(data_file=data_file, data_dir=args.data_dir)
     print(corpus.summary())
-    tok, tok_path = prepare_tokenizer(args, corpus)
+    if resume_state is not None:
+        tok, tok_path = resumed_tokenizer(args, resume_state, resume_state["given"])
+    else:
+        tok, tok_path = prepare_tokenizer(args, corpus)
     tokens = data.encode_corpus(tok, corpus.documents(), len(corpus.files))
+    fingerprint = resume.corpus_fingerprint(tokens)
+    if resume_state is not None and fingerprint != resume_state["corpus_fingerprint"]:
+        flag, where = ("--data_dir", args.data_dir) if args.data_dir else ("--data_file", data_file)
+        raise CheckpointError(
+            f"{flag} {where} is not the corpus --resume {args.resume} was trained on (its text changed): "
+            f"pass the original corpus, or start a new run in another --out_dir"
+        )
     token_data = data.TokenData(tokens, args.block_size)
     val_bytes = int(data.token_byte_lengths(tok)[token_data.val].sum())
     print(f"tokenizer: {tok.get_vocab_size()} tokens ({tok_path}); dataset: {len(tokens):,} tokens, "
@@ -260,7 +374,15 @@ def run(args) -> int:
           f"effective batch: {args.batch_size} x {args.grad_accum_steps} = {args.batch_size * args.grad_accum_steps} "
           f"sequences ({tokens_per_step:,} tokens) per step")
 
-    def save(path: Path, step: int, best_val: float) -> None:
+    gen = torch.Generator().manual_seed(args.seed)
+    start, best_val = 0, float("inf")
+    if resume_state is not None:
+        start, best_val = resume.restore_training_state(resume_state, args.resume, raw_model, optimizer, scaler, gen)
+    skipped = SkippedSteps(args.max_bad_steps)
+    last_path = args.out_dir / LAST_NAME
+    saved_step = start if resume_state is not None else None  # the step mini_gpt_last.pt holds
+
+    def save(path: Path, step: int) -> None:
         save_checkpoint(path, {
             "model": raw_model.state_dict(),
             "config": asdict(config),
@@ -268,19 +390,23 @@ def run(args) -> int:
             "scaler": scaler.state_dict(),
             "step": step,
             "best_val_loss": best_val,
+            "rng": rng_state(gen),
+            "corpus_fingerprint": fingerprint,
+            "skipped_steps": skipped.total,
             "args": vars_for_log(args),
             "tokenizer_path": str(tok_path),
             "tokenizer_json": tok.to_str(),
         })
 
-    gen = torch.Generator().manual_seed(args.seed)
-    best_val = float("inf")
-    bar = tqdm(range(args.max_steps), desc="training", unit=" steps", dynamic_ncols=True)
+    bar = tqdm(range(start, args.max_steps), initial=start, total=args.max_steps, desc="training",
+               unit=" steps", dynamic_ncols=True)
     t0 = time.perf_counter()
+    stop.arm()  # from here a first Ctrl-C lets the step finish and saves
     for step in bar:
         lr = args.lr * (lr_factor(step, args.warmup_steps, args.max_steps, args.min_lr_factor) if args.use_cosine else 1.0)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
         for _ in range(args.grad_accum_steps):
             x, y = token_data.get_batch("train", args.batch_size, gen)
             if device.type == "cuda":
@@ -289,28 +415,52 @@ def run(args) -> int:
                 x, y = x.to(device), y.to(device)
             with autocast():
                 _, loss = model(x, y)
+            loss_sum += loss.detach()
             scaler.scale(loss / args.grad_accum_steps).backward()  # mean over the effective batch
-        if args.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip)
-        scaler.step(optimizer)
+        scaler.unscale_(optimizer)  # a no-op without fp16 scaling
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip or math.inf)
+        # A NaN/inf loss or gradient would poison the weights and Adam's moments: skip the step instead.
+        loss_ok, grads_ok = torch.stack([loss_sum, grad_norm]).isfinite().tolist()  # one device sync
+        if skipped.record(loss_ok, grads_ok, scaler.is_enabled()):
+            scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        if skipped.diverged:
+            raise TrainingDiverged(
+                f"training diverged: {skipped.in_a_row} steps in a row up to step {step + 1} had a non-finite "
+                f"loss or gradient (--max_bad_steps {args.max_bad_steps}); "
+                + (f"{last_path} (step {saved_step}) is intact: resume it with a lower --lr"
+                   if saved_step is not None else "nothing was saved: start again with a lower --lr")
+            )
 
         done = step + 1
-        tok_s = done * tokens_per_step / (time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False)
+        tok_s = (done - start) * tokens_per_step / (time.perf_counter() - t0)
+        postfix = dict(loss=f"{loss_sum.item() / args.grad_accum_steps:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+        if skipped.total:
+            postfix["skipped"] = skipped.total
+        bar.set_postfix(postfix, refresh=False)
         if done % args.eval_interval == 0 or done == args.max_steps:
             losses = estimate_loss(model, token_data, args.batch_size, args.eval_iters, device, autocast, args.seed + 1)
             bpb = data.bits_per_byte(losses["val"], len(token_data.val), val_bytes)
-            is_best = losses["val"] < best_val
-            best_val = min(best_val, losses["val"])
+            is_best = math.isfinite(losses["val"]) and losses["val"] < best_val  # a NaN model is never "best"
+            best_val = min(best_val, losses["val"]) if is_best else best_val
             tqdm.write(f"step {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                       f"val ppl {math.exp(losses['val']):.2f}, val bits/byte {bpb:.3f}"
+                       f"val ppl {math.exp(min(losses['val'], 700)):.2f}, val bits/byte {bpb:.3f}"
                        + (" (best, saved)" if is_best else ""))
-            save(args.out_dir / LAST_NAME, done, best_val)
-            if is_best:
-                save(args.out_dir / BEST_NAME, done, best_val)
+            if finite_weights(raw_model):
+                save(last_path, done)
+                saved_step = done
+                if is_best:
+                    save(args.out_dir / BEST_NAME, done)
+            else:
+                tqdm.write(f"step {done}: the weights are not finite; not saving over {last_path}")
+        if stop.stop_requested and done < args.max_steps:
+            if saved_step != done:
+                save(last_path, done)
+            bar.close()
+            print(f"stopped by {stop.signal_name} at step {done}; continue with: "
+                  f"python train_bpe.py --resume {shlex.quote(str(last_path))}")
+            return stop.exit_code
     bar.close()
     print(f"done in {time.perf_counter() - t0:.0f}s; best val loss {best_val:.4f}; "
           f"sample with: python sample_bpe.py --ckpt {args.out_dir / BEST_NAME}")
@@ -324,11 +474,21 @@ def vars_for_log(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        return run(args)
-    except (data.DataError, CheckpointError) as exc:
-        print(f"train_bpe.py: error: {exc}", file=sys.stderr)
-        return 2
+    with GracefulStop() as stop:
+        try:
+            resume_state = None
+            if args.resume is not None:
+                resume_state = prepare_resume(args, argv)
+                problem = check_args(args)
+                if problem:
+                    raise CheckpointError(f"{problem} (after taking the other flags from --resume {args.resume})")
+            return run(args, resume_state, stop)
+        except (data.DataError, CheckpointError, TrainingDiverged) as exc:
+            print(f"train_bpe.py: error: {exc}", file=sys.stderr)
+            return 2
+        except StopNow as exc:
+            print(f"train_bpe.py: stopped at once by {exc}; files were left as they were", file=sys.stderr)
+            return 128 + exc.signum
 
 
 if __name__ == "__main__":

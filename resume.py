@@ -1,0 +1,91 @@
+"""Continuing a run from its checkpoint: which flags come from it, which must match, which may change.
+
+A resumed run takes every flag from the checkpoint except those typed on the command line. A typed
+flag that would change the model's shape is an error; any other typed change (``--max_steps``,
+``--eval_interval``, ``--lr``, ...) is allowed and reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from checkpoint import CheckpointError, restore_rng_state
+
+# Typed with a different value, these would give a model the checkpoint's weights do not fit.
+FIXED_FLAGS = ("preset", "vocab_size", "n_layer", "n_head", "n_embed", "block_size")
+# One corpus flag typed replaces both: they are mutually exclusive.
+CORPUS_FLAGS = ("data_file", "data_dir")
+# What train_bpe.py must have saved for a run to continue exactly where it stopped.
+RESUME_KEYS = ("args", "optimizer", "scaler", "step", "best_val_loss", "rng", "corpus_fingerprint")
+
+_UNSET = object()
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
+    """The flags typed in argv, as dest names; argparse cannot tell a typed default from an untyped one.
+
+    ``parser`` must be a fresh parser: its defaults are replaced by a marker to see which stay unset.
+    """
+    parser.set_defaults(**{a.dest: _UNSET for a in parser._actions if a.dest != "help"})
+    return {name for name, value in vars(parser.parse_args(argv)).items() if value is not _UNSET}
+
+
+def path_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """Flags whose values are paths: the checkpoint stores them as strings."""
+    return {a.dest for a in parser._actions if a.type is Path}
+
+
+def apply_saved_args(args, given: set[str], saved: dict, paths: set[str], ckpt: Path) -> list[str]:
+    """Sets every flag not in ``given`` to its saved value; returns the typed changes as "--flag old -> new".
+
+    Raises CheckpointError naming the flag when a typed value would change the model's shape.
+    """
+    typed_corpus = bool(given & set(CORPUS_FLAGS))
+    changes = []
+    for name, old in saved.items():
+        if name == "resume" or not hasattr(args, name):  # a flag this version no longer has
+            continue
+        if name in paths and old is not None:
+            old = Path(old)
+        if name not in given and not (typed_corpus and name in CORPUS_FLAGS):
+            setattr(args, name, old)
+            continue
+        new = getattr(args, name)
+        if new == old:
+            continue
+        if name in FIXED_FLAGS:
+            raise CheckpointError(
+                f"--{name} {new} conflicts with --resume {ckpt}, which was trained with --{name} {old}: "
+                f"drop --{name} to resume, or start a new run in another --out_dir"
+            )
+        if new is not None:
+            changes.append(f"--{name} {old} -> {new}")
+    return changes
+
+
+def corpus_fingerprint(tokens: np.ndarray) -> str:
+    """A hash of the token stream: it changes when the corpus text (or the tokenizer) changes."""
+    return hashlib.blake2b(np.ascontiguousarray(tokens).data, digest_size=8).hexdigest()
+
+
+def restore_training_state(state: dict, ckpt: Path, raw_model, optimizer, scaler, batch_generator) -> tuple[int, float]:
+    """Loads weights, optimizer, GradScaler and every RNG from a checkpoint; returns (step, best val loss)."""
+    # The flags of this run (weight decay, fused kernels for this device) win over the saved groups';
+    # the learning rate is set again at every step.
+    hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    try:
+        raw_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise CheckpointError(f"--resume {ckpt} does not fit this model ({reason})") from None
+    for group, h in zip(optimizer.param_groups, hyper):
+        group.update(h)
+    if state["scaler"]:  # empty when it was saved with fp16 scaling off
+        scaler.load_state_dict(state["scaler"])
+    restore_rng_state(state["rng"], batch_generator)
+    return int(state["step"]), float(state["best_val_loss"])

@@ -1,0 +1,252 @@
+"""Never lose work: exact resume, Ctrl-C / SIGTERM, the NaN guard, fail-fast output checks."""
+
+import hashlib
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+import torch
+
+import checkpoint
+import train_bpe
+from checkpoint import load_checkpoint
+from conftest import ROOT, TINY_MODEL_ARGS
+from model import GPT
+
+LAST, BEST = train_bpe.LAST_NAME, train_bpe.BEST_NAME
+
+
+@pytest.fixture(scope="module")
+def tok_file(tiny_tokenizer, tmp_path_factory) -> Path:
+    """One fixed tokenizer file, so runs compared with each other read the same token stream."""
+    path = tmp_path_factory.mktemp("tok") / "tok.json"
+    path.write_text(tiny_tokenizer.to_str(), encoding="utf-8")
+    return path
+
+
+def run_args(tiny_file, tok_file, out: Path, *extra) -> list[str]:
+    # dropout > 0 so the resumed run must also restore torch's RNG, not only the batch sampler's.
+    args = [*TINY_MODEL_ARGS, "--dropout", "0.1", "--data_file", str(tiny_file), "--tokenizer", str(tok_file),
+            "--out_dir", str(out), "--max_steps", "12", "--eval_interval", "5", "--eval_iters", "2",
+            "--use_cosine", "--warmup_steps", "3", "--lr", "3e-3"]
+    return args + list(extra)
+
+
+def signal_at_step(monkeypatch, step: int, signum=signal.SIGINT):
+    """Sends signum to this process while optimizer step ``step`` (0-based) is starting."""
+    real = train_bpe.lr_factor
+
+    def lr_factor(s, *args, **kwargs):
+        if s == step:
+            os.kill(os.getpid(), signum)
+        return real(s, *args, **kwargs)
+
+    monkeypatch.setattr(train_bpe, "lr_factor", lr_factor)
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"] and a["best_val_loss"] == b["best_val_loss"]
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    for pid, sa in a["optimizer"]["state"].items():
+        for key, value in sa.items():
+            assert torch.equal(value, b["optimizer"]["state"][pid][key]), (pid, key)
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert torch.equal(a["rng"]["batches"], b["rng"]["batches"])
+
+
+def test_interrupted_and_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(tiny_file, tok_file, tmp_path,
+                                                                              monkeypatch, capsys):
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert train_bpe.main(run_args(tiny_file, tok_file, full)) == 0
+
+    signal_at_step(monkeypatch, 6)  # Ctrl-C during step 7, between the evaluations at 5 and 10
+    assert train_bpe.main(run_args(tiny_file, tok_file, part)) == 130
+    out = capsys.readouterr().out
+    assert f"python train_bpe.py --resume {part / LAST}" in out
+    assert load_checkpoint(part / LAST)["step"] == 7
+    monkeypatch.undo()
+
+    # Only the path: every other flag comes from the checkpoint.
+    assert train_bpe.main(["--resume", str(part / LAST)]) == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert_same_training_state(load_checkpoint(full / LAST), load_checkpoint(part / LAST))
+    assert_same_training_state(load_checkpoint(full / BEST), load_checkpoint(part / BEST))
+
+
+def test_resume_prints_allowed_changes_and_continues_the_step_count(tiny_run, tmp_path, capsys):
+    shutil.copy(tiny_run / LAST, tmp_path / LAST)
+    code = train_bpe.main(["--resume", str(tmp_path / LAST), "--max_steps", "43", "--eval_interval", "3"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "changed: --max_steps 40 -> 43, --eval_interval 20 -> 3" in out
+    state = load_checkpoint(tmp_path / LAST)
+    assert state["step"] == 43 and state["args"]["max_steps"] == 43
+    assert not (tiny_run / LAST).samefile(tmp_path / LAST)
+
+
+def test_checkpoint_files_keep_the_usual_permissions(tiny_run):
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tiny_run / LAST).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_overwrite_tokenizer_replaces_only_when_asked(tiny_file, tmp_path, capsys):
+    existing = tmp_path / "tok.json"
+    existing.write_text('{"not": "this run\'s tokenizer"}', encoding="utf-8")
+    before = existing.read_bytes()
+    args = ["--data_file", str(tiny_file), "--tokenizer_path", str(existing), "--out_dir", str(tmp_path),
+            *TINY_MODEL_ARGS, "--max_steps", "1", "--warmup_steps", "0", "--eval_iters", "1"]
+
+    assert train_bpe.main(args) == 0
+    assert existing.read_bytes() == before
+    assert (tmp_path / "tok-1.json").is_file()
+    assert f"saving the new one as {tmp_path / 'tok-1.json'}" in capsys.readouterr().out
+
+    assert train_bpe.main(args + ["--overwrite_tokenizer"]) == 0
+    assert existing.read_bytes() == (tmp_path / "tok-1.json").read_bytes()
+    assert not (tmp_path / "tok-2.json").exists()
+
+
+def test_a_full_disk_is_reported_before_anything_is_trained(tiny_file, tmp_path, monkeypatch, capsys):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    code = train_bpe.main(["--data_file", str(tiny_file), "--tokenizer_path", str(tmp_path / "tok.json"),
+                           "--out_dir", str(tmp_path / "out"), *TINY_MODEL_ARGS])
+    err = capsys.readouterr().err
+    assert code == 2 and "--out_dir" in err and "MB free" in err and "Traceback" not in err
+    assert not (tmp_path / "tok.json").exists()  # stopped before the tokenizer was even trained
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes through permission bits")
+def test_an_unwritable_out_dir_is_reported_before_training(tiny_file, tmp_path, capsys):
+    out = tmp_path / "ro"
+    out.mkdir(mode=0o500)
+    code = train_bpe.main(["--data_file", str(tiny_file), "--out_dir", str(out), *TINY_MODEL_ARGS])
+    assert code == 2 and "--out_dir" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the NaN guard
+
+
+def poison_forward(monkeypatch, bad):
+    """Makes the training forward pass's loss NaN on the calls for which bad(call_number) is true."""
+    real = GPT.forward
+    calls = {"n": 0}
+
+    def forward(self, idx, targets=None, cache=None):
+        logits, loss = real(self, idx, targets, cache)
+        if self.training and targets is not None:
+            calls["n"] += 1
+            if bad(calls["n"]):
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", forward)
+
+
+def test_a_few_nan_steps_are_skipped_and_counted(tiny_file, tok_file, tmp_path, monkeypatch, capsys):
+    poison_forward(monkeypatch, lambda n: n in (4, 5, 6))
+    assert train_bpe.main(run_args(tiny_file, tok_file, tmp_path)) == 0
+    assert "skipped=3" in capsys.readouterr().err  # on the progress bar
+    state = load_checkpoint(tmp_path / LAST)
+    assert state["step"] == 12 and state["skipped_steps"] == 3
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert math.isfinite(state["best_val_loss"])
+
+
+def test_nan_weights_are_never_saved_and_a_diverged_run_stops(tiny_file, tok_file, tmp_path, monkeypatch, capsys):
+    real = GPT.forward
+    calls = {"n": 0}
+
+    def forward(self, idx, targets=None, cache=None):  # step 7 blows the weights up; every loss is NaN after
+        if self.training and targets is not None:
+            calls["n"] += 1
+            if calls["n"] == 7:
+                with torch.no_grad():
+                    self.lm_head.weight.fill_(float("nan"))
+        return real(self, idx, targets, cache)
+
+    monkeypatch.setattr(GPT, "forward", forward)
+    args = run_args(tiny_file, tok_file, tmp_path, "--max_bad_steps", "4", "--eval_interval", "4")
+    digest = {}
+
+    real_save = checkpoint.atomic_write  # remember what the step-4 checkpoint looked like
+    def save_and_hash(path, write):
+        real_save(path, write)
+        digest[Path(path).name] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    monkeypatch.setattr(checkpoint, "atomic_write", save_and_hash)
+
+    assert train_bpe.main(args) == 2
+    out, err = capsys.readouterr()
+    message = [line for line in err.splitlines() if "error:" in line]
+    assert len(message) == 1 and "--max_bad_steps 4" in message[0] and str(tmp_path / LAST) in message[0]
+    assert "step 8: the weights are not finite; not saving" in out
+    for name in (LAST, BEST):
+        assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == digest[name]
+        state = load_checkpoint(tmp_path / name)
+        assert state["step"] == 4 and all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+# --------------------------------------------------------------------------- real signals, in a subprocess
+
+# Runs train_bpe.main with a pause at step 3 (after the checkpoint of step 2), printing READY there.
+PAUSING_RUN = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {root!r})
+    import train_bpe
+    real = train_bpe.lr_factor
+    def lr_factor(step, *a, **k):
+        if step == 3:
+            print("READY", flush=True)
+            time.sleep({pause})
+        return real(step, *a, **k)
+    train_bpe.lr_factor = lr_factor
+    sys.exit(train_bpe.main(sys.argv[1:]))
+""")
+
+
+def start_paused_run(tiny_file, tok_file, out: Path, pause: float) -> subprocess.Popen:
+    script = PAUSING_RUN.format(root=str(ROOT), pause=pause)
+    args = run_args(tiny_file, tok_file, out, "--max_steps", "100", "--eval_interval", "2")
+    proc = subprocess.Popen([sys.executable, "-u", "-c", script, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.strip() == "READY":
+            return proc
+    raise AssertionError(f"the run never reached step 3: {proc.communicate()[1][-2000:]}")
+
+
+def folder_digest(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_sigterm_finishes_the_step_saves_and_prints_the_resume_command(tiny_file, tok_file, tmp_path):
+    proc = start_paused_run(tiny_file, tok_file, tmp_path, pause=1.0)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert f"stopped by SIGTERM at step 4; continue with: python train_bpe.py --resume {tmp_path / LAST}" in out
+    assert load_checkpoint(tmp_path / LAST)["step"] == 4
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_second_ctrl_c_exits_at_once_without_touching_files(tiny_file, tok_file, tmp_path):
+    proc = start_paused_run(tiny_file, tok_file, tmp_path, pause=30.0)
+    before = folder_digest(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # let the first one be handled: signals sent back to back may arrive as one
+    assert proc.poll() is None  # the first Ctrl-C waits for the step to finish
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)  # far sooner than the 30 s pause
+    assert proc.returncode == 130
+    assert "stopped at once by SIGINT" in err and "Traceback" not in err
+    assert folder_digest(tmp_path) == before
