@@ -250,3 +250,9 @@ def test_a_second_ctrl_c_exits_at_once_without_touching_files(tiny_file, tok_fil
     assert proc.returncode == 130
     assert "stopped at once by SIGINT" in err and "Traceback" not in err
     assert folder_digest(tmp_path) == before
+
+
+def test_the_disk_space_estimate_matches_a_real_checkpoint(tiny_run):
+    args = train_bpe.parse_args(["--vocab_size", "300", *TINY_MODEL_ARGS[2:]])
+    ratio = train_bpe.checkpoint_bytes(args) / (tiny_run / LAST).stat().st_size
+    assert 0.8 < ratio < 1.25
