@@ -11,7 +11,6 @@ import pickle
 import random
 import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -93,9 +92,10 @@ def load_checkpoint(path: str | Path, map_location="cpu", flag: str = "--ckpt") 
             f"{where} holds Python objects that could run code; refusing to load it "
             f"(only load checkpoints written by train_bpe.py)"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{where} is unreadable (truncated or not a PyTorch file: {reason})") from None
+    except Exception as exc:  # torch's zip and legacy readers raise many kinds of error on garbage
+        # torch's own reader errors say what is wrong ("failed finding central directory"); others do not.
+        reason = f": {str(exc).split('. ')[0][:120]}" if isinstance(exc, RuntimeError) else ""
+        raise CheckpointError(f"{where} is unreadable (truncated, or not a PyTorch file{reason})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         what = "a bare state_dict" if isinstance(state, dict) and _looks_like_state_dict(state) else "from another program"
         raise CheckpointError(f"{where} is not a train_bpe.py checkpoint ({what}); pass one written by train_bpe.py")
@@ -149,22 +149,34 @@ def restore_rng_state(state: dict, batch_generator: torch.Generator) -> None:
 # --------------------------------------------------------------------------- output folder
 
 
-def check_out_dir(out_dir: Path, needed_bytes: int, names=()) -> None:
-    """Fails fast when out_dir cannot hold our checkpoints: not creatable, not writable, or too full.
+def check_writable(folder: Path, flag: str, shown: Path | None = None) -> None:
+    """Creates folder if needed and writes a file in it, or raises CheckpointError naming flag and shown
+    (the path as the user typed it, default folder).
 
-    Checked by really writing a file (permission bits lie on read-only mounts and for root).
-    needed_bytes is the extra space the run will take; existing files in ``names`` are replaced, so
-    their size counts as available.
+    Checked by really writing (permission bits lie on read-only mounts and for root).
     """
-    out_dir = Path(out_dir)
+    folder, shown = Path(folder), shown or folder
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise CheckpointError(f"{flag} {shown} cannot be created: {blocker} is a file, not a folder; pick another path")
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir) as f:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder) as f:
             f.write(b"x")
             f.flush()
             os.fsync(f.fileno())
     except OSError as exc:
-        raise CheckpointError(f"--out_dir {out_dir} is not writable ({exc.strerror or exc}): pick another folder") from None
+        raise CheckpointError(f"{flag} {shown} is not writable ({exc.strerror or exc}): pick another path") from None
+
+
+def check_out_dir(out_dir: Path, needed_bytes: int, names=()) -> None:
+    """Fails fast when out_dir cannot hold our checkpoints: not creatable, not writable, or too full.
+
+    needed_bytes is the extra space the run will take; existing files in ``names`` are replaced, so
+    their size counts as available.
+    """
+    out_dir = Path(out_dir)
+    check_writable(out_dir, "--out_dir")
     reusable = sum((out_dir / n).stat().st_size for n in names if (out_dir / n).is_file())
     free = shutil.disk_usage(out_dir).free + reusable
     if free < needed_bytes:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import torch
@@ -68,7 +69,8 @@ def load_model(path, device) -> tuple[GPT, Tokenizer]:
         model.load_state_dict(state["model"])
         tok = Tokenizer.from_str(state["tokenizer_json"])
     except Exception as exc:  # a checkpoint with our format tag but inconsistent contents
-        raise CheckpointError(f"checkpoint {path} is damaged ({type(exc).__name__}: {exc})") from None
+        reason = (str(exc).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"--ckpt {path} is damaged ({type(exc).__name__}: {reason})") from None
     return model.to(device).eval(), tok
 
 
@@ -133,6 +135,12 @@ def main(argv=None) -> int:
     except CheckpointError as exc:
         print(f"sample_bpe.py: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while streaming: end the line, no traceback
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        return 0
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from tqdm import tqdm
 import data
 import resume
 from checkpoint import (
-    CheckpointError, atomic_write_text, check_out_dir, load_checkpoint, remove_stale_temps, rng_state, save_checkpoint,
+    CheckpointError, atomic_write_text, check_out_dir, check_writable, load_checkpoint, remove_stale_temps,
+    rng_state, save_checkpoint,
 )
 from interrupt import GracefulStop, StopNow
 from model import GPT, GPTConfig
@@ -201,13 +202,18 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, devic
 
 
 def prepare_tokenizer(args, corpus: data.Corpus):
-    """Loads --tokenizer, or trains one and saves it without clobbering a different existing file."""
+    """Loads --tokenizer and returns its path, or trains one and returns None for the path:
+    save_tokenizer writes it once the dataset has passed its checks."""
     if args.tokenizer:
         tok = data.load_tokenizer(args.tokenizer)
         if tok.token_to_id("<eos>") != data.EOS_ID:
             raise data.DataError(f"--tokenizer {args.tokenizer} lacks <eos> at id {data.EOS_ID}: train a new one")
         return tok, args.tokenizer
-    tok = data.train_tokenizer(corpus, args.vocab_size)
+    return data.train_tokenizer(corpus, args.vocab_size), None
+
+
+def save_tokenizer(args, tok) -> Path:
+    """Saves at --tokenizer_path; a different tokenizer already there is kept unless --overwrite_tokenizer."""
     path = args.tokenizer_path
     text = tok.to_str()
     try:
@@ -227,7 +233,7 @@ def prepare_tokenizer(args, corpus: data.Corpus):
         raise data.DataError(
             f"--tokenizer_path {path} cannot be written ({exc.strerror or exc}): pick another path"
         ) from None
-    return tok, path
+    return path
 
 
 def resumed_tokenizer(args, state: dict, given: set[str]):
@@ -328,6 +334,8 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
     device = resolve_device(args.device)
     # Fail now, not after an hour of training: room for best + last + the temporary file of a save.
     check_out_dir(args.out_dir, 3 * checkpoint_bytes(args), names=(BEST_NAME, LAST_NAME))
+    if resume_state is None and args.tokenizer is None:
+        check_writable(args.tokenizer_path.parent, "--tokenizer_path", args.tokenizer_path)
     for stale in remove_stale_temps(args.out_dir, (BEST_NAME, LAST_NAME)):
         print(f"removed {stale}, left by a run that was killed while saving")
 
@@ -347,6 +355,7 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
             f"pass the original corpus, or start a new run in another --out_dir"
         )
     token_data = data.TokenData(tokens, args.block_size)
+    tok_path = tok_path or save_tokenizer(args, tok)
     val_bytes = int(data.token_byte_lengths(tok)[token_data.val].sum())
     print(f"tokenizer: {tok.get_vocab_size()} tokens ({tok_path}); dataset: {len(tokens):,} tokens, "
           f"{len(token_data.train):,} train / {len(token_data.val):,} val")

@@ -1,0 +1,227 @@
+"""Every input a user can get wrong: one line on stderr naming it, exit code 2, no file touched.
+
+The cases run in-process through main(argv); the README's "When an input is wrong" table lists them.
+"""
+
+import hashlib
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import sample_bpe
+import train_bpe
+from checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint
+from conftest import ROOT, TINY_MODEL_ARGS
+from model import GPT, GPTConfig
+
+CORPUS = (ROOT / "data" / "input.txt").read_text(encoding="utf-8")
+
+
+class CreatesFile:
+    """Unpickling this runs open(path, "w"): what a malicious checkpoint would do, harmlessly."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture(scope="module")
+def ws(tiny_run, tmp_path_factory) -> Path:
+    """A folder of good and bad inputs; every case runs in it and must leave it exactly as it was."""
+    ws = tmp_path_factory.mktemp("inputs")
+    (ws / "corpus.txt").write_text(CORPUS[20000:32000], encoding="utf-8")  # not the text good.pt trained on
+    (ws / "empty.txt").write_bytes(b"")
+    (ws / "blob.txt").write_bytes(b"PK\x03\x04\x00\x00binary" * 50)
+    (ws / "latin1.txt").write_bytes("café crème, naïve".encode("latin-1"))
+    (ws / "short.txt").write_text("To be, or not to be.\n", encoding="utf-8")
+    (ws / "nodocs").mkdir()
+    (ws / "nodocs" / "photo.png").write_bytes(b"\x89PNG\r\n")
+    (ws / "nodocs" / "weights.bin").write_bytes(b"\x00" * 64)
+
+    good = torch.load(tiny_run / train_bpe.LAST_NAME, weights_only=True)
+    shutil.copy(tiny_run / train_bpe.LAST_NAME, ws / "good.pt")
+    torch.save(good["model"], ws / "state_dict.pt")
+    torch.save({"epoch": 3, "net": good["model"], "hyper": {"lr": 0.1}}, ws / "foreign.pt")
+    raw = (ws / "good.pt").read_bytes()
+    (ws / "truncated.pt").write_bytes(raw[: len(raw) // 2])
+    (ws / "random.pt").write_bytes(random.Random(0).randbytes(4096))
+    torch.save({**good, "format_version": FORMAT_VERSION + 1}, ws / "future.pt")
+    torch.save({k: v for k, v in good.items() if k != "tokenizer_json"}, ws / "incomplete.pt")
+    torch.save({**good, "config": {**good["config"], "n_layer": 3}}, ws / "damaged.pt")
+    torch.save({k: v for k, v in good.items() if k != "rng"}, ws / "old.pt")
+    torch.save({**good, "model": CreatesFile(ws / "pwned")}, ws / "evil.pt")
+
+    import data  # a tokenizer other than the one inside good.pt
+    other = data.train_tokenizer(data.scan_corpus(data_file=ws / "corpus.txt"), vocab_size=280)
+    (ws / "other_tok.json").write_text(other.to_str(), encoding="utf-8")
+    return ws
+
+
+def digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def visible_lines(stderr: str) -> list[str]:
+    """What a terminal shows: a progress bar redraws itself with \\r and clears itself when done."""
+    lines = (line.rsplit("\r", 1)[-1] for line in stderr.split("\n"))
+    return [line for line in lines if line.strip()]
+
+
+# (case id, argv with {ws} for the workspace, words the error line must contain)
+TRAIN_CASES = [
+    ("data_file missing", ["--data_file", "{ws}/nope.txt"], ["--data_file", "nope.txt", "does not exist"]),
+    ("data_file empty", ["--data_file", "{ws}/empty.txt"], ["--data_file", "empty.txt", "empty"]),
+    ("data_file binary", ["--data_file", "{ws}/blob.txt"], ["--data_file", "blob.txt", "binary"]),
+    ("data_file not UTF-8", ["--data_file", "{ws}/latin1.txt"], ["--data_file", "latin1.txt", "UTF-8"]),
+    ("data_file is a folder", ["--data_file", "{ws}/nodocs"], ["--data_file", "--data_dir"]),
+    ("data_dir missing", ["--data_dir", "{ws}/nope"], ["--data_dir", "nope", "does not exist"]),
+    ("data_dir without text files", ["--data_dir", "{ws}/nodocs"], ["--data_dir", "nodocs", ".txt"]),
+    ("data_dir is a file", ["--data_dir", "{ws}/corpus.txt"], ["--data_dir", "--data_file"]),
+    ("data_file and data_dir", ["--data_file", "{ws}/corpus.txt", "--data_dir", "{ws}/nodocs"], ["--data_dir"]),
+    ("corpus smaller than a block", ["--data_file", "{ws}/short.txt"], ["too small", "--block_size"]),
+    ("n_embed not divisible by n_head", ["--n_embed", "30", "--n_head", "4"], ["--n_embed 30", "--n_head 4"]),
+    ("n_layer 0", ["--n_layer", "0"], ["--n_layer", "at least 1"]),
+    ("negative batch_size", ["--batch_size", "-4"], ["--batch_size", "-4"]),
+    ("block_size 0", ["--block_size", "0"], ["--block_size"]),
+    ("max_steps 0", ["--max_steps", "0"], ["--max_steps"]),
+    ("eval_interval 0", ["--eval_interval", "0"], ["--eval_interval"]),
+    ("warmup longer than training", ["--warmup_steps", "50", "--max_steps", "10"], ["--warmup_steps 50", "--max_steps"]),
+    ("vocab_size below bytes + specials", ["--vocab_size", "100"], ["--vocab_size 100", "260"]),
+    ("unknown device", ["--device", "tpu"], ["--device", "tpu"]),
+    ("lr not a number", ["--lr", "nan"], ["--lr"]),
+    ("dropout 1", ["--dropout", "1"], ["--dropout"]),
+    ("negative grad_clip", ["--grad_clip", "-1"], ["--grad_clip"]),
+    ("max_bad_steps 0", ["--max_bad_steps", "0"], ["--max_bad_steps"]),
+    ("max_steps not an integer", ["--max_steps", "ten"], ["--max_steps", "ten"]),
+    ("unknown flag", ["--layers", "4"], ["--layers"]),
+    ("tokenizer missing", ["--tokenizer", "{ws}/nope.json"], ["--tokenizer", "nope.json"]),
+    ("tokenizer not a tokenizer", ["--tokenizer", "{ws}/corpus.txt"], ["--tokenizer", "corpus.txt"]),
+    ("tokenizer_path under a file", ["--tokenizer_path", "{ws}/corpus.txt/tok.json"], ["--tokenizer_path"]),
+    ("out_dir is a file", ["--out_dir", "{ws}/corpus.txt"], ["--out_dir", "corpus.txt", "not a folder"]),
+    ("resume missing", ["--resume", "{ws}/nope.pt"], ["--resume", "nope.pt", "does not exist"]),
+    ("resume default missing", ["--resume", "--out_dir", "{ws}/nodocs"], ["--resume", "mini_gpt_last.pt"]),
+    ("resume a folder", ["--resume", "{ws}/nodocs"], ["--resume", "nodocs", "folder"]),
+    ("resume bare state_dict", ["--resume", "{ws}/state_dict.pt"], ["--resume", "state_dict.pt", "state_dict"]),
+    ("resume foreign", ["--resume", "{ws}/foreign.pt"], ["--resume", "foreign.pt", "another program"]),
+    ("resume truncated", ["--resume", "{ws}/truncated.pt"], ["--resume", "truncated.pt", "truncated"]),
+    ("resume random bytes", ["--resume", "{ws}/random.pt"], ["--resume", "random.pt"]),
+    ("resume future version", ["--resume", "{ws}/future.pt"], ["--resume", "future.pt", "newer"]),
+    ("resume crafted pickle", ["--resume", "{ws}/evil.pt"], ["--resume", "evil.pt", "refusing"]),
+    ("resume without resume state", ["--resume", "{ws}/old.pt"], ["--resume", "old.pt", "rng"]),
+    ("resume other n_layer", ["--resume", "{ws}/good.pt", "--n_layer", "3"], ["--n_layer 3", "--n_layer 2"]),
+    ("resume other vocab_size", ["--resume", "{ws}/good.pt", "--vocab_size", "400"], ["--vocab_size 400"]),
+    ("resume finished run", ["--resume", "{ws}/good.pt"], ["--max_steps 40", "step 40"]),
+    ("resume other corpus", ["--resume", "{ws}/good.pt", "--max_steps", "50", "--data_file", "{ws}/corpus.txt"],
+     ["--data_file", "corpus.txt", "not the corpus"]),
+    ("resume other tokenizer", ["--resume", "{ws}/good.pt", "--max_steps", "50", "--tokenizer", "{ws}/other_tok.json"],
+     ["--tokenizer", "other_tok.json"]),
+    ("resume then warmup too long", ["--resume", "{ws}/good.pt", "--max_steps", "50", "--warmup_steps", "60"],
+     ["--warmup_steps 60"]),
+]
+
+SAMPLE_CASES = [
+    ("ckpt missing", ["--ckpt", "{ws}/nope.pt"], ["--ckpt", "nope.pt", "does not exist"]),
+    ("ckpt default missing", [], ["--ckpt", "bpe_best.pt", "does not exist"]),
+    ("ckpt a folder", ["--ckpt", "{ws}/nodocs"], ["--ckpt", "nodocs", "folder"]),
+    ("ckpt bare state_dict", ["--ckpt", "{ws}/state_dict.pt"], ["--ckpt", "state_dict.pt", "state_dict"]),
+    ("ckpt foreign", ["--ckpt", "{ws}/foreign.pt"], ["--ckpt", "foreign.pt", "another program"]),
+    ("ckpt truncated", ["--ckpt", "{ws}/truncated.pt"], ["--ckpt", "truncated.pt", "truncated"]),
+    ("ckpt random bytes", ["--ckpt", "{ws}/random.pt"], ["--ckpt", "random.pt"]),
+    ("ckpt text file", ["--ckpt", "{ws}/corpus.txt"], ["--ckpt", "corpus.txt"]),
+    ("ckpt future version", ["--ckpt", "{ws}/future.pt"], ["--ckpt", "future.pt", "newer"]),
+    ("ckpt crafted pickle", ["--ckpt", "{ws}/evil.pt"], ["--ckpt", "evil.pt", "refusing"]),
+    ("ckpt incomplete", ["--ckpt", "{ws}/incomplete.pt"], ["--ckpt", "incomplete.pt", "tokenizer_json"]),
+    ("ckpt damaged", ["--ckpt", "{ws}/damaged.pt"], ["damaged.pt", "damaged"]),
+    ("negative temperature", ["--temperature", "-0.5"], ["--temperature", "-0.5"]),
+    ("top_p 0", ["--top_p", "0"], ["--top_p", "(0, 1]"]),
+    ("top_p above 1", ["--top_p", "1.5"], ["--top_p", "1.5"]),
+    ("negative top_k", ["--top_k", "-1"], ["--top_k"]),
+    ("max_new_tokens 0", ["--max_new_tokens", "0"], ["--max_new_tokens"]),
+    ("num_samples 0", ["--num_samples", "0"], ["--num_samples"]),
+    ("unknown device", ["--device", "tpu"], ["--device", "tpu"]),
+    ("temperature not a number", ["--temperature", "hot"], ["--temperature", "hot"]),
+    ("prompt longer than the context", ["--ckpt", "{ws}/good.pt", "--prompt", "to be or not " * 40],
+     ["--prompt", "context of 32"]),
+]
+
+# Safe defaults, so that a case which wrongly passes cannot write outside the workspace.
+TRAIN_BASE = ["--out_dir", "{ws}", "--tokenizer_path", "{ws}/new_tok.json", *TINY_MODEL_ARGS, "--max_steps", "5",
+              "--warmup_steps", "0"]
+
+
+def run_case(main, argv, ws, monkeypatch, capsys):
+    monkeypatch.chdir(ws)  # relative defaults (bpe/, ./bpe_best.pt) land in the workspace too
+    before = digest(ws)
+    try:
+        code = main([a.replace("{ws}", str(ws)) for a in argv])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    _, err = capsys.readouterr()
+    assert digest(ws) == before, "an input error changed or created a file"
+    return code, err
+
+
+def check(code, err, script, words):
+    lines = visible_lines(err)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{script}: error: ")
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+@pytest.mark.parametrize("argv, words", [c[1:] for c in TRAIN_CASES], ids=[c[0] for c in TRAIN_CASES])
+def test_train_bad_input(argv, words, ws, monkeypatch, capsys):
+    # A flag typed twice: the case's own value wins over the base (argparse keeps the last one).
+    base = [] if argv[:1] == ["--resume"] else TRAIN_BASE
+    code, err = run_case(train_bpe.main, base + argv, ws, monkeypatch, capsys)
+    check(code, err, "train_bpe.py", words)
+    assert not (ws / "pwned").exists()
+
+
+@pytest.mark.parametrize("argv, words", [c[1:] for c in SAMPLE_CASES], ids=[c[0] for c in SAMPLE_CASES])
+def test_sample_bad_input(argv, words, ws, monkeypatch, capsys):
+    code, err = run_case(sample_bpe.main, ["--device", "cpu", "--max_new_tokens", "4", *argv], ws, monkeypatch, capsys)
+    check(code, err, "sample_bpe.py", words)
+    assert not (ws / "pwned").exists()
+
+
+def test_the_matrix_has_at_least_25_cases():
+    assert len(TRAIN_CASES) + len(SAMPLE_CASES) >= 25
+
+
+def test_a_crafted_pickle_is_refused_and_never_runs(tmp_path, capsys):
+    live, marker = tmp_path / "live.pt", tmp_path / "created-by-live"
+    torch.save({"model": CreatesFile(marker)}, live)
+    torch.load(live, weights_only=False)  # proof that the payload works when trusted
+    assert marker.exists()
+
+    evil, marker = tmp_path / "evil.pt", tmp_path / "created-by-evil"
+    torch.save({"model": CreatesFile(marker)}, evil)
+    with pytest.raises(CheckpointError, match="could run code"):
+        load_checkpoint(evil)
+    assert sample_bpe.main(["--ckpt", str(evil), "--device", "cpu"]) == 2
+    assert "refusing" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_an_empty_prompt_starts_from_bos(tiny_run, capsys):
+    ckpt = tiny_run / train_bpe.BEST_NAME
+    assert sample_bpe.main(["--ckpt", str(ckpt), "--prompt", "", "--temperature", "0", "--max_new_tokens", "12",
+                            "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    model, tok = sample_bpe.load_model(ckpt, "cpu")
+    ids = [int(t) for t in model.generate(torch.tensor([[train_bpe.data.BOS_ID]]), 12, temperature=0)]
+    assert text == tok.decode(ids) + "\n"
+
+
+def test_old_checkpoints_without_resume_state_still_sample(ws, capsys):
+    assert sample_bpe.main(["--ckpt", str(ws / "old.pt"), "--max_new_tokens", "3", "--device", "cpu"]) == 0
