@@ -394,7 +394,7 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
     saved_step = start if resume_state is not None else None  # the step mini_gpt_last.pt holds
 
     def save(path: Path, step: int) -> None:
-        save_checkpoint(path, {
+        state = {
             "model": raw_model.state_dict(),
             "config": asdict(config),
             "optimizer": optimizer.state_dict(),
@@ -407,7 +407,12 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
             "args": vars_for_log(args),
             "tokenizer_path": str(tok_path),
             "tokenizer_json": tok.to_str(),
-        })
+        }
+        try:
+            save_checkpoint(path, state)
+        except CheckpointError:
+            bar.close()  # so the error line is not glued to the bar
+            raise
 
     bar = tqdm(range(start, args.max_steps), initial=start, total=args.max_steps, desc="training",
                unit=" steps", dynamic_ncols=True)
@@ -437,6 +442,7 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         if skipped.diverged:
+            bar.close()
             raise TrainingDiverged(
                 f"training diverged: {skipped.in_a_row} steps in a row up to step {step + 1} had a non-finite "
                 f"loss or gradient (--max_bad_steps {args.max_bad_steps}); "
@@ -498,7 +504,7 @@ def main(argv=None) -> int:
             print(f"train_bpe.py: error: {exc}", file=sys.stderr)
             return 2
         except StopNow as exc:
-            print(f"train_bpe.py: stopped at once by {exc}; files were left as they were", file=sys.stderr)
+            print(f"\ntrain_bpe.py: stopped at once by {exc}; files were left as they were", file=sys.stderr)
             return 128 + exc.signum
 
 

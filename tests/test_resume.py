@@ -256,3 +256,25 @@ def test_the_disk_space_estimate_matches_a_real_checkpoint(tiny_run):
     args = train_bpe.parse_args(["--vocab_size", "300", *TINY_MODEL_ARGS[2:]])
     ratio = train_bpe.checkpoint_bytes(args) / (tiny_run / LAST).stat().st_size
     assert 0.8 < ratio < 1.25
+
+
+def test_a_disk_that_fills_up_mid_run_keeps_the_previous_checkpoint(tiny_file, tok_file, tmp_path, monkeypatch,
+                                                                    capsys):
+    real_save, saves = torch.save, {"n": 0}
+
+    def save_until_full(obj, f, *args, **kwargs):
+        saves["n"] += 1
+        if saves["n"] > 2:  # the step-5 last + best went through; the step-10 save hits a full disk
+            f.write(b"partial")
+            raise OSError(28, "No space left on device")
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_until_full)
+    assert train_bpe.main(run_args(tiny_file, tok_file, tmp_path)) == 2
+    lines = [line.rsplit("\r", 1)[-1] for line in capsys.readouterr().err.splitlines()]
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("train_bpe.py: error: could not write")
+    assert "No space left on device" in errors[0]
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / LAST)["step"] == 5
+    assert not list(tmp_path.glob(".*.tmp"))
