@@ -12,8 +12,10 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
-from checkpoint import CheckpointError, restore_rng_state
+import data
+from checkpoint import CheckpointError, load_checkpoint, restore_rng_state
 
 # Typed with a different value, these would give a model the checkpoint's weights do not fit.
 FIXED_FLAGS = ("preset", "vocab_size", "n_layer", "n_head", "n_embed", "block_size")
@@ -65,6 +67,43 @@ def apply_saved_args(args, given: set[str], saved: dict, paths: set[str], ckpt: 
         if new is not None:
             changes.append(f"--{name} {old} -> {new}")
     return changes
+
+
+def load_for_resume(args, path: Path, given: set[str], paths: set[str]) -> dict:
+    """Loads the checkpoint at path, fills every flag not in ``given`` from it and reports the changes.
+
+    The returned state carries ``given`` too: the tokenizer check needs to know what was typed.
+    """
+    state = load_checkpoint(path, flag="--resume")
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"--resume {path} cannot be resumed (it lacks {', '.join(missing)}); it can still be sampled from"
+        )
+    changes = apply_saved_args(args, given, state["args"], paths, path)
+    if "out_dir" not in given:  # keep writing beside the checkpoint, even if its folder was moved
+        args.out_dir = path.parent
+    args.resume = path
+    if state["step"] >= args.max_steps:
+        raise CheckpointError(
+            f"--resume {path} is already at step {state['step']} of --max_steps {args.max_steps}: "
+            f"pass a larger --max_steps to train further"
+        )
+    print(f"resuming from {path} at step {state['step']}"
+          + (f"; changed: {', '.join(changes)}" if changes else "; same settings"))
+    state["given"] = given
+    return state
+
+
+def checkpoint_tokenizer(args, state: dict) -> tuple[Tokenizer, Path]:
+    """The tokenizer inside the checkpoint; a --tokenizer typed now must be the same one."""
+    if "tokenizer" in state["given"] and args.tokenizer is not None:
+        if data.load_tokenizer(args.tokenizer).to_str() != state["tokenizer_json"]:
+            raise CheckpointError(
+                f"--tokenizer {args.tokenizer} differs from the one inside --resume {args.resume}: "
+                f"drop --tokenizer (the checkpoint carries its own)"
+            )
+    return Tokenizer.from_str(state["tokenizer_json"]), Path(state.get("tokenizer_path", "(inside the checkpoint)"))
 
 
 def corpus_fingerprint(tokens: np.ndarray) -> str:

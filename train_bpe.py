@@ -17,16 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer
 from tqdm import tqdm
 
 import data
 import resume
 from checkpoint import (
-    CheckpointError, atomic_write_text, check_out_dir, check_writable, load_checkpoint, remove_stale_temps,
-    rng_state, save_checkpoint,
+    CheckpointError, atomic_write_text, check_out_dir, check_writable, remove_stale_temps, rng_state, save_checkpoint,
 )
-from interrupt import GracefulStop, StopNow
+from stopping import GracefulStop, SkippedSteps, StopNow, TrainingDiverged, finite_weights
 from model import GPT, GPTConfig
 from schedule import lr_factor
 
@@ -54,10 +52,6 @@ EXAMPLES = """examples:
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """--help shows each flag's default and keeps the examples' line breaks."""
-
-
-class TrainingDiverged(Exception):
-    """Too many optimizer steps in a row had a non-finite loss or gradient."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -132,7 +126,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if preset:
         parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args(argv)
-    if args.resume is None:  # a resumed run is checked once the checkpoint's flags are in (prepare_resume)
+    if args.resume is None:  # a resumed run is checked once the checkpoint's flags are in (main)
         problem = check_args(args)
         if problem:
             parser.error(problem)
@@ -236,43 +230,6 @@ def save_tokenizer(args, tok) -> Path:
     return path
 
 
-def resumed_tokenizer(args, state: dict, given: set[str]):
-    """The tokenizer inside the checkpoint; a --tokenizer typed now must be the same one."""
-    tok = Tokenizer.from_str(state["tokenizer_json"])
-    if "tokenizer" in given and args.tokenizer is not None:
-        if data.load_tokenizer(args.tokenizer).to_str() != state["tokenizer_json"]:
-            raise CheckpointError(
-                f"--tokenizer {args.tokenizer} differs from the one inside --resume {args.resume}: "
-                f"drop --tokenizer (the checkpoint carries its own)"
-            )
-    return tok, Path(state.get("tokenizer_path", "(inside the checkpoint)"))
-
-
-def prepare_resume(args, argv) -> dict:
-    """Loads the --resume checkpoint and fills every flag not typed now from it (see resume.py)."""
-    path = Path(args.resume) if args.resume else args.out_dir / LAST_NAME
-    state = load_checkpoint(path, flag="--resume")
-    missing = [k for k in resume.RESUME_KEYS if k not in state]
-    if missing:
-        raise CheckpointError(
-            f"--resume {path} cannot be resumed (it lacks {', '.join(missing)}); it can still be sampled from"
-        )
-    given = resume.explicit_flags(build_parser(), argv)
-    changes = resume.apply_saved_args(args, given, state["args"], resume.path_flags(build_parser()), path)
-    if "out_dir" not in given:  # keep writing beside the checkpoint, even if its folder was moved
-        args.out_dir = path.parent
-    args.resume = path
-    if state["step"] >= args.max_steps:
-        raise CheckpointError(
-            f"--resume {path} is already at step {state['step']} of --max_steps {args.max_steps}: "
-            f"pass a larger --max_steps to train further"
-        )
-    print(f"resuming from {path} at step {state['step']}"
-          + (f"; changed: {', '.join(changes)}" if changes else "; same settings"))
-    state["given"] = given
-    return state
-
-
 def checkpoint_bytes(args) -> int:
     """About how big one checkpoint of this run will be: fp32 weights, AdamW's two moments, the tokenizer.
 
@@ -282,32 +239,6 @@ def checkpoint_bytes(args) -> int:
     C = args.n_embed
     params = (args.vocab_size + args.block_size) * C + args.n_layer * (12 * C * C + 13 * C) + 2 * C
     return 3 * 4 * params + 100 * args.vocab_size
-
-
-class SkippedSteps:
-    """Counts optimizer steps skipped for a non-finite loss or gradient; too many in a row end the run."""
-
-    def __init__(self, limit: int):
-        self.limit, self.total, self.in_a_row = limit, 0, 0
-
-    def record(self, loss_finite: bool, grads_finite: bool, scaler_on: bool) -> bool:
-        """Returns whether to take the step. An fp16 overflow (finite loss, inf gradients under a
-        GradScaler) is the scaler calibrating its scale, skipped but not counted towards the limit."""
-        if loss_finite and grads_finite:
-            self.in_a_row = 0
-            return True
-        self.total += 1
-        if not (scaler_on and loss_finite):
-            self.in_a_row += 1
-        return False
-
-    @property
-    def diverged(self) -> bool:
-        return self.in_a_row >= self.limit
-
-
-def finite_weights(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 @torch.no_grad()
@@ -343,7 +274,7 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
     corpus = data.scan_corpus(data_file=data_file, data_dir=args.data_dir)
     print(corpus.summary())
     if resume_state is not None:
-        tok, tok_path = resumed_tokenizer(args, resume_state, resume_state["given"])
+        tok, tok_path = resume.checkpoint_tokenizer(args, resume_state)
     else:
         tok, tok_path = prepare_tokenizer(args, corpus)
     tokens = data.encode_corpus(tok, corpus.documents(), len(corpus.files))
@@ -495,7 +426,9 @@ def main(argv=None) -> int:
         try:
             resume_state = None
             if args.resume is not None:
-                resume_state = prepare_resume(args, argv)
+                path = Path(args.resume) if args.resume else args.out_dir / LAST_NAME
+                given = resume.explicit_flags(build_parser(), argv)
+                resume_state = resume.load_for_resume(args, path, given, resume.path_flags(build_parser()))
                 problem = check_args(args)
                 if problem:
                     raise CheckpointError(f"{problem} (after taking the other flags from --resume {args.resume})")

@@ -20,6 +20,7 @@ import train_bpe
 from checkpoint import load_checkpoint
 from conftest import ROOT, TINY_MODEL_ARGS
 from model import GPT
+from stopping import SkippedSteps
 
 LAST, BEST = train_bpe.LAST_NAME, train_bpe.BEST_NAME
 
@@ -278,3 +279,14 @@ def test_a_disk_that_fills_up_mid_run_keeps_the_previous_checkpoint(tiny_file, t
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / LAST)["step"] == 5
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_fp16_overflows_are_skipped_but_only_real_nans_end_the_run():
+    steps = SkippedSteps(limit=3)
+    for _ in range(10):  # the GradScaler lowering its scale: inf gradients, finite loss
+        assert not steps.record(loss_finite=True, grads_finite=False, scaler_on=True)
+    assert steps.total == 10 and not steps.diverged
+    assert steps.record(loss_finite=True, grads_finite=True, scaler_on=True)
+    for _ in range(3):
+        steps.record(loss_finite=False, grads_finite=False, scaler_on=True)
+    assert steps.diverged and steps.total == 13

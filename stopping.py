@@ -1,10 +1,16 @@
-"""Ctrl-C and SIGTERM during training: finish the step, save, exit; a second signal stops at once."""
+"""Why training stops early, and how it stops without losing work.
+
+A signal (Ctrl-C, SIGTERM): finish the step, save, exit; a second signal stops at once.
+Non-finite losses or gradients: skip the step; too many in a row end the run.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import threading
+
+import torch
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -74,3 +80,34 @@ class GracefulStop:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+
+
+class TrainingDiverged(Exception):
+    """Too many optimizer steps in a row had a non-finite loss or gradient."""
+
+
+class SkippedSteps:
+    """Counts optimizer steps skipped for a non-finite loss or gradient; too many in a row end the run."""
+
+    def __init__(self, limit: int):
+        self.limit, self.total, self.in_a_row = limit, 0, 0
+
+    def record(self, loss_finite: bool, grads_finite: bool, scaler_on: bool) -> bool:
+        """Returns whether to take the step. An fp16 overflow (finite loss, inf gradients under a
+        GradScaler) is the scaler calibrating its scale, skipped but not counted towards the limit."""
+        if loss_finite and grads_finite:
+            self.in_a_row = 0
+            return True
+        self.total += 1
+        if not (scaler_on and loss_finite):
+            self.in_a_row += 1
+        return False
+
+    @property
+    def diverged(self) -> bool:
+        return self.in_a_row >= self.limit
+
+
+def finite_weights(model: torch.nn.Module) -> bool:
+    """Whether every weight is a finite number (one device sync for the whole model)."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
