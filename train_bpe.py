@@ -24,9 +24,9 @@ import resume
 from checkpoint import (
     CheckpointError, atomic_write_text, check_out_dir, check_writable, remove_stale_temps, rng_state, save_checkpoint,
 )
-from stopping import GracefulStop, SkippedSteps, StopNow, TrainingDiverged, finite_weights
 from model import GPT, GPTConfig
 from schedule import lr_factor
+from stopping import GracefulStop, SkippedSteps, StopNow, TrainingDiverged, finite_weights
 
 DEFAULT_DATA_FILE = Path(__file__).resolve().parent / "data" / "input.txt"
 BEST_NAME, LAST_NAME = "bpe_best.pt", "mini_gpt_last.pt"
@@ -403,7 +403,7 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
             else:
                 tqdm.write(f"step {done}: the weights are not finite; not saving over {last_path}")
         if stop.stop_requested and done < args.max_steps:
-            if saved_step != done:
+            if saved_step != done and finite_weights(raw_model):
                 save(last_path, done)
             bar.close()
             print(f"stopped by {stop.signal_name} at step {done}; continue with: "
