@@ -106,9 +106,16 @@ def checkpoint_tokenizer(args, state: dict) -> tuple[Tokenizer, Path]:
     return Tokenizer.from_str(state["tokenizer_json"]), Path(state.get("tokenizer_path", "(inside the checkpoint)"))
 
 
-def corpus_fingerprint(tokens: np.ndarray) -> str:
-    """A hash of the token stream: it changes when the corpus text (or the tokenizer) changes."""
-    return hashlib.blake2b(np.ascontiguousarray(tokens).data, digest_size=8).hexdigest()
+def corpus_fingerprint(token_data) -> str:
+    """A hash of the train and val token streams: it changes when the corpus text (or the tokenizer) does.
+
+    Content, not paths or modification times, so a corpus that was copied or moved still resumes; the
+    price is one read of the tokens (about a second per GB).
+    """
+    h = hashlib.blake2b(digest_size=8)
+    for part in (token_data.train, token_data.val):
+        h.update(np.ascontiguousarray(part).data)
+    return h.hexdigest()
 
 
 def restore_training_state(state: dict, ckpt: Path, raw_model, optimizer, scaler, batch_generator) -> tuple[int, float]:

@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval_iters", type=int, default=50, help="batches averaged per evaluation")
     g.add_argument("--out_dir", type=Path, default=Path("."), help=f"folder for {BEST_NAME} and {LAST_NAME}")
     g.add_argument("--resume", nargs="?", const="", metavar="PATH",
-                   help=f"continue a run from its checkpoint (default <out_dir>/{LAST_NAME}); flags not given "
-                        f"are taken from it")
+                   help=f"continue a run from its checkpoint (PATH left out: <out_dir>/{LAST_NAME}); flags not "
+                        f"given are taken from it")
     return p
 
 
@@ -278,14 +278,14 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
     else:
         tok, tok_path = prepare_tokenizer(args, corpus)
     tokens = data.encode_corpus(tok, corpus.documents(), len(corpus.files))
-    fingerprint = resume.corpus_fingerprint(tokens)
+    token_data = data.TokenData(tokens, args.block_size)
+    fingerprint = resume.corpus_fingerprint(token_data)
     if resume_state is not None and fingerprint != resume_state["corpus_fingerprint"]:
         flag, where = ("--data_dir", args.data_dir) if args.data_dir else ("--data_file", data_file)
         raise CheckpointError(
             f"{flag} {where} is not the corpus --resume {args.resume} was trained on (its text changed): "
             f"pass the original corpus, or start a new run in another --out_dir"
         )
-    token_data = data.TokenData(tokens, args.block_size)
     tok_path = tok_path or save_tokenizer(args, tok)
     val_bytes = int(data.token_byte_lengths(tok)[token_data.val].sum())
     print(f"tokenizer: {tok.get_vocab_size()} tokens ({tok_path}); dataset: {len(tokens):,} tokens, "

@@ -85,12 +85,14 @@ def test_interrupted_and_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one(
     assert_same_training_state(load_checkpoint(full / BEST), load_checkpoint(part / BEST))
 
 
-def test_resume_prints_allowed_changes_and_continues_the_step_count(tiny_run, tmp_path, capsys):
+def test_resume_prints_allowed_changes_and_continues_the_step_count(tiny_run, tiny_file, tmp_path, capsys):
     shutil.copy(tiny_run / LAST, tmp_path / LAST)
-    code = train_bpe.main(["--resume", str(tmp_path / LAST), "--max_steps", "43", "--eval_interval", "3"])
+    moved = shutil.copy(tiny_file, tmp_path / "moved.txt")  # same text elsewhere: still the same corpus
+    code = train_bpe.main(["--resume", str(tmp_path / LAST), "--max_steps", "43", "--eval_interval", "3",
+                           "--data_file", str(moved)])
     assert code == 0
     out = capsys.readouterr().out
-    assert "changed: --max_steps 40 -> 43, --eval_interval 20 -> 3" in out
+    assert f"changed: --data_file {tiny_file} -> {moved}, --max_steps 40 -> 43, --eval_interval 20 -> 3" in out
     state = load_checkpoint(tmp_path / LAST)
     assert state["step"] == 43 and state["args"]["max_steps"] == 43
     assert not (tiny_run / LAST).samefile(tmp_path / LAST)
