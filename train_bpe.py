@@ -406,8 +406,10 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
             if saved_step != done and finite_weights(raw_model):
                 save(last_path, done)
             bar.close()
+            # The script as it was started (e.g. src/train_bpe.py), so the command works from the same folder.
+            script = sys.argv[0] if Path(sys.argv[0]).name == "train_bpe.py" else "train_bpe.py"
             print(f"stopped by {stop.signal_name} at step {done}; continue with: "
-                  f"python train_bpe.py --resume {shlex.quote(str(last_path))}")
+                  f"python {shlex.quote(script)} --resume {shlex.quote(str(last_path))}")
             return stop.exit_code
     bar.close()
     print(f"done in {time.perf_counter() - t0:.0f}s; best val loss {best_val:.4f}; "

@@ -304,3 +304,16 @@ def test_fp16_overflows_are_skipped_but_only_real_nans_end_the_run():
     for _ in range(3):
         steps.record(loss_finite=False, grads_finite=False, scaler_on=True)
     assert steps.diverged and steps.total == 13
+
+
+def test_ctrl_c_before_training_starts_exits_cleanly_without_writing(tiny_file, tmp_path, monkeypatch, capsys):
+    def interrupted_training(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the handler interrupts this at once
+
+    monkeypatch.setattr(train_bpe.data, "train_tokenizer", interrupted_training)
+    code = train_bpe.main(["--data_file", str(tiny_file), "--tokenizer_path", str(tmp_path / "tok.json"),
+                           "--out_dir", str(tmp_path), *TINY_MODEL_ARGS])
+    err = capsys.readouterr().err
+    assert code == 130 and "stopped at once by SIGINT" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
