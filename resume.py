@@ -31,6 +31,7 @@ def explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
     """The flags typed in argv, as dest names; argparse cannot tell a typed default from an untyped one.
 
     ``parser`` must be a fresh parser: its defaults are replaced by a marker to see which stay unset.
+    (argparse has no public list of its actions; ``_actions`` has been stable for as long as it exists.)
     """
     parser.set_defaults(**{a.dest: _UNSET for a in parser._actions if a.dest != "help"})
     return {name for name, value in vars(parser.parse_args(argv)).items() if value is not _UNSET}
@@ -118,7 +119,8 @@ def corpus_fingerprint(token_data) -> str:
     return h.hexdigest()
 
 
-def restore_training_state(state: dict, ckpt: Path, raw_model, optimizer, scaler, batch_generator) -> tuple[int, float]:
+def restore_training_state(state: dict, ckpt: Path, raw_model, optimizer, scaler,
+                           batch_generator) -> tuple[int, float]:
     """Loads weights, optimizer, GradScaler and every RNG from a checkpoint; returns (step, best val loss)."""
     # The flags of this run (weight decay, fused kernels for this device) win over the saved groups';
     # the learning rate is set again at every step.
