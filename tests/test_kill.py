@@ -70,7 +70,7 @@ def test_checkpoints_left_by_kill_9_at_random_moments_all_load(tiny_file, tiny_t
     proc = subprocess.run(
         [sys.executable, "-c", KILLER.format(root=str(ROOT)), str(out), str(snapshots), str(KILLS), str(seed),
          *train],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
