@@ -1,15 +1,20 @@
-"""Corpus → byte-level BPE tokenizer → one array of token ids → random training blocks.
+"""Corpus → byte-level BPE tokenizer → on-disk token cache → random training blocks.
 
 A corpus is one file (``--data_file``) or a folder searched recursively (``--data_dir``).
-Every accepted file is one *document*; documents are encoded, each followed by ``<eos>``,
-and concatenated into a single numpy array.
+Every accepted file is one *document*. Files are read in bounded pieces, encoded in parallel
+batches, each document followed by ``<eos>``, and the ids are appended to a binary array on disk
+that training reads through ``numpy.memmap``: peak memory does not grow with the corpus.
 """
 
 from __future__ import annotations
 
+import codecs
+import errno
 import hashlib
 import math
 import os
+import stat
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +35,7 @@ ACCEPTED_EXTENSIONS = TEXT_EXTENSIONS + CODE_EXTENSIONS
 
 # Folders that hold tooling output rather than anyone's writing. Hidden folders (".x") are skipped too.
 SKIP_DIRS = frozenset({"node_modules", "__pycache__", "venv", "env", "site-packages", "dist", "build"})
+IGNORED_REASONS = frozenset({"other extension", "ignored folder"})  # not a problem, just not text we read
 
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")  # ids 0, 1, 2, 3 (trained first, in this order)
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
@@ -37,6 +43,15 @@ MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte, plus the specials
 
 VAL_FRACTION = 0.1
 BINARY_SNIFF_BYTES = 8192  # a NUL byte in the first 8 KiB marks a file as binary (as git does)
+
+# The tokenizer's working memory is ~100 bytes per input character (it keeps per-byte alignments while
+# pre-tokenizing), so text never reaches it whole: files are read READ_CHUNK bytes at a time, cut into
+# pieces of at most PIECE_CHARS characters, and encoded BATCH_CHARS characters per parallel call.
+READ_CHUNK = 1 << 20
+PIECE_CHARS = 1 << 15
+BATCH_CHARS = 1 << 18
+DEFAULT_TOKENIZER_TRAIN_BYTES = 100_000_000  # bigger corpora train the tokenizer on an even sample
+SAMPLE_WINDOW = 1 << 16  # the sample is made of windows this long, spread evenly over the corpus
 
 
 class DataError(Exception):
@@ -48,98 +63,302 @@ class DataError(Exception):
 
 @dataclass
 class Corpus:
-    """The accepted files of a corpus, in the order they are read, and what was left out."""
+    """The accepted files of a corpus (sorted) and what was left out, by reason.
 
-    files: list[Path]
-    total_bytes: int
-    skipped: Counter = field(default_factory=Counter)  # reason -> count
-    skipped_files: list[tuple[Path, str]] = field(default_factory=list)
+    Paths are plain strings and sizes packed arrays: a corpus may hold millions of files, and a Path
+    object costs several times its string.
+    """
+
+    root: str | None = None  # the --data_dir folder; None for a single --data_file
+    files: list[str] = field(default_factory=list)
+    sizes: array = field(default_factory=lambda: array("q"))
+    mtimes: array = field(default_factory=lambda: array("q"))  # st_mtime_ns, for the fingerprint
+    skipped: Counter = field(default_factory=Counter)  # reason -> count, for files that look like text
+    ignored: Counter = field(default_factory=Counter)  # other extensions, hidden and tooling folders
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of both, for --verbose
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.sizes)
+
+    def skip(self, path: str, reason: str) -> None:
+        (self.ignored if reason in IGNORED_REASONS else self.skipped)[reason] += 1
+        self.skipped_files.append((path, reason))
 
     def summary(self) -> str:
         line = f"corpus: {len(self.files)} file(s), {self.total_bytes / 1e6:.2f} MB used"
-        if self.skipped:
-            reasons = ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items()))
-            line += f"; skipped {sum(self.skipped.values())} ({reasons})"
-        return line
+        for what, counts in (("skipped", self.skipped), ("ignored", self.ignored)):
+            if counts:
+                line += f"; {what} {sum(counts.values())} ({_reasons(counts)})"
+        return line + ("; --verbose lists them" if self.skipped_files else "")
 
     def documents(self) -> Iterator[str]:
-        """Yields every file's text, in corpus order (files are read again, one at a time)."""
+        """Every file's whole text, in corpus order (for small corpora; big ones go through the token cache)."""
         for path in self.files:
             yield read_text(path)
 
+    def fingerprint(self) -> str:
+        """Changes when a file is added, removed, renamed, resized or touched."""
+        h = hashlib.sha256()
+        for path, size, mtime in zip(self.files, self.sizes, self.mtimes):
+            h.update(f"{os.path.abspath(path)}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
+        return h.hexdigest()[:16]
 
-def read_text(path: Path) -> str:
-    """The file's text, decoded as UTF-8 (a byte order mark is dropped). Raises ValueError for binary."""
-    raw = path.read_bytes()
-    if b"\x00" in raw[:BINARY_SNIFF_BYTES]:
-        raise ValueError("binary")
-    return raw.decode("utf-8-sig")  # UnicodeDecodeError is a ValueError too
+
+def _reasons(counts: Counter) -> str:
+    return ", ".join(f"{n} {why}" for why, n in sorted(counts.items()))
 
 
-def _check_file(path: Path) -> str | None:
-    """None if the file is usable, else the reason it is skipped."""
+def _check_file(path: str) -> str | None:
+    """None if the file is a non-empty UTF-8 text file, else the reason it is skipped.
+
+    Reads the whole file, a chunk at a time, so that an encoding error cannot surprise us later.
+    """
     try:
-        text = read_text(path)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return "not a regular file"  # a FIFO would block forever, a device never ends
+        decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        chars = 0
+        with open(path, "rb") as f:
+            first = True
+            while chunk := f.read(READ_CHUNK):
+                if first and b"\x00" in chunk[:BINARY_SNIFF_BYTES]:
+                    return "binary"
+                first = False
+                chars += len(decoder.decode(chunk))
+            chars += len(decoder.decode(b"", final=True))
     except UnicodeDecodeError:
         return "not UTF-8"
-    except ValueError:
-        return "binary"
     except OSError:
         return "unreadable"
-    return None if text else "empty"
+    return None if chars else "empty"
 
 
-def _walk(root: Path) -> list[Path]:
-    """Every file under root, sorted by path (a/b.txt before a/c/d.txt before b.txt), skipping
-    hidden and tooling folders."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS]
-        found.extend(Path(dirpath) / name for name in filenames)
-    return sorted(found, key=lambda p: p.relative_to(root).parts)
+def _ignored(name: str) -> bool:
+    return name.startswith(".") or name in SKIP_DIRS
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _walk(root: str, corpus: Corpus) -> Iterator[str]:
+    """Every candidate file under root, each real file once.
+
+    Plain folders are walked first; links are followed afterwards, and only when their target lies
+    inside root and was not reached already, so a loop or a link to ``/`` cannot trap or widen the scan.
+    """
+    root_real = os.path.realpath(root)
+    seen_dirs, linked_files = set(), set()  # (st_dev, st_ino) of folders walked, of files reached by a link
+    folders, links = [root], []
+    while folders or links:
+        if not folders:
+            link = links.pop(0)
+            target = os.path.realpath(link)
+            if problem := _link_problem(link):
+                corpus.skip(link, problem)
+            elif not _inside(target, root_real):
+                corpus.skip(link, "link outside folder")
+            elif os.path.isdir(link):
+                if _file_key(link) not in seen_dirs:
+                    folders.append(link)
+                elif _inside(os.path.realpath(os.path.dirname(link)), target):
+                    corpus.skip(link, "symlink loop")
+                else:
+                    corpus.skip(link, "duplicate link")
+            elif _file_key(link) in linked_files or _walked(target, root_real):
+                corpus.skip(link, "duplicate link")
+            else:
+                linked_files.add(_file_key(link))
+                yield link
+            continue
+        folder = folders.pop()
+        seen_dirs.add(_file_key(folder))
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
+        except OSError:
+            corpus.skip(folder, "unreadable folder")
+            continue
+        for entry in entries:
+            if entry.is_symlink():
+                links.append(entry.path)
+            elif entry.is_dir():
+                if _ignored(entry.name):
+                    corpus.skip(entry.path, "ignored folder")
+                else:
+                    folders.append(entry.path)
+            else:
+                yield entry.path
+
+
+def _walked(real_file: str, root_real: str) -> bool:
+    """Whether the plain walk (no links) reaches this real file: no folder on its way is ignored."""
+    return not any(_ignored(part) for part in os.path.relpath(real_file, root_real).split(os.sep)[:-1])
+
+
+def _file_key(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _link_problem(link: str) -> str | None:
+    try:
+        os.stat(link)
+    except OSError as exc:
+        return "symlink loop" if exc.errno == errno.ELOOP else "broken link"
+    return None
 
 
 def scan_corpus(data_file: str | Path | None = None, data_dir: str | Path | None = None) -> Corpus:
-    """Finds the accepted, readable UTF-8 text files of a corpus (one file or a folder tree)."""
+    """Finds the accepted, readable, non-empty UTF-8 text files of a corpus (one file or a folder tree)."""
+    corpus = Corpus()
     if data_file is not None:
-        path = Path(data_file)
-        if not path.exists():
+        path = os.fspath(data_file)
+        if not os.path.exists(path):
             raise DataError(f"--data_file {path} does not exist: pass a text file")
-        if path.is_dir():
+        if os.path.isdir(path):
             raise DataError(f"--data_file {path} is a folder: use --data_dir {path} instead")
         reason = _check_file(path)
         if reason:
-            raise DataError(f"--data_file {path} is {reason}: pass a UTF-8 text file")
-        return Corpus([path], path.stat().st_size)
-
-    root = Path(data_dir)
-    if not root.exists():
-        raise DataError(f"--data_dir {root} does not exist: pass a folder of text or code files")
-    if not root.is_dir():
-        raise DataError(f"--data_dir {root} is a file: use --data_file {root} instead")
-    corpus = Corpus([], 0)
-    for path in tqdm(_walk(root), desc="scanning", unit=" files", leave=False):
-        if path.suffix.lower() not in ACCEPTED_EXTENSIONS:
-            continue
-        reason = _check_file(path)
-        if reason:
-            corpus.skipped[reason] += 1
-            corpus.skipped_files.append((path, reason))
-            continue
+            raise DataError(f"--data_file {path} is {reason}: pass a non-empty UTF-8 text file")
+        candidates = [path]
+    else:
+        root = os.fspath(data_dir)
+        if not os.path.exists(root):
+            raise DataError(f"--data_dir {root} does not exist: pass a folder of text or code files")
+        if not os.path.isdir(root):
+            raise DataError(f"--data_dir {root} is a file: use --data_file {root} instead")
+        corpus.root = root
+        candidates = []
+        for path in tqdm(_walk(root, corpus), desc="scanning", unit=" files", leave=False):
+            if os.path.splitext(path)[1].lower() not in ACCEPTED_EXTENSIONS:
+                corpus.skip(path, "other extension")
+            elif reason := _check_file(path):
+                corpus.skip(path, reason)
+            else:
+                candidates.append(path)
+        if not candidates:
+            counts = corpus.skipped + corpus.ignored
+            skipped = f"; skipped {sum(counts.values())}: {_reasons(counts)}" if counts else ""
+            raise DataError(f"--data_dir {root} has no usable text files "
+                            f"(looked for {' '.join(ACCEPTED_EXTENSIONS)}{skipped})")
+    candidates.sort(key=lambda p: p.split(os.sep))  # by path parts: a/b.txt, a/c/d.txt, b.txt
+    for path in candidates:
+        st = os.stat(path)
         corpus.files.append(path)
-        corpus.total_bytes += path.stat().st_size
-    if not corpus.files:
-        raise DataError(
-            f"--data_dir {root} has no usable text files (looked for {' '.join(ACCEPTED_EXTENSIONS)})"
-        )
+        corpus.sizes.append(st.st_size)
+        corpus.mtimes.append(st.st_mtime_ns)
+    corpus.skipped_files.sort()
     return corpus
+
+
+# --------------------------------------------------------------------------- reading in pieces
+
+
+def _cut(text: str, start: int, limit: int) -> int:
+    """Where to end a piece that starts at start and may not pass limit: after a newline if there is
+    one, else before a space (so ' word' stays whole), else at limit."""
+    newline = text.rfind("\n", start, limit)
+    if newline >= start:
+        return newline + 1
+    space = text.rfind(" ", start + 1, limit)
+    return space if space > start else limit
+
+
+def _split(text: str, final: bool) -> tuple[list[str], str]:
+    """Cuts pieces of at most PIECE_CHARS characters off the front of text; returns them and the rest
+    (which is empty when final, else shorter than a piece and kept until more text arrives)."""
+    pieces, start = [], 0
+    while len(text) - start > PIECE_CHARS:
+        end = _cut(text, start, start + PIECE_CHARS)
+        pieces.append(text[start:end])
+        start = end
+    if final and start < len(text):
+        pieces.append(text[start:])
+        start = len(text)
+    return pieces, text[start:]
+
+
+def split_text(text: str) -> list[str]:
+    """text in consecutive pieces of at most PIECE_CHARS characters; they join back to text exactly."""
+    return _split(text, final=True)[0]
+
+
+def read_pieces(path: str | Path) -> Iterator[str]:
+    """A file's text (UTF-8, byte order mark dropped) in the pieces split_text gives, read in chunks."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    rest = ""
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            pieces, rest = _split(rest + decoder.decode(chunk), final=False)
+            yield from pieces
+    yield from _split(rest + decoder.decode(b"", final=True), final=True)[0]
+
+
+def read_text(path: str | Path) -> str:
+    """A whole file's text (for small files; big corpora go through read_pieces)."""
+    return "".join(read_pieces(path))
+
+
+def document_pieces(paths: Iterable[str]) -> Iterator[tuple[str, bool, int]]:
+    """(piece, ends its document, bytes it advances the file by) for every piece of every file.
+
+    Within a file the advance is counted in characters (never more than bytes); a file's last piece
+    makes up the rest, so a progress bar in bytes is exact at every file's end.
+    """
+    for path in paths:
+        previous, counted = None, 0
+        try:
+            before = os.stat(path)
+            for piece in read_pieces(path):
+                if previous is not None:
+                    counted += len(previous)
+                    yield previous, False, len(previous)
+                previous = piece
+            after = os.stat(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path} could not be read any more ({exc}): rerun when the corpus is stable") from None
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or previous is None:
+            raise DataError(f"{path} changed while it was being read: rerun when it is finished")
+        yield previous, True, after.st_size - counted
 
 
 # --------------------------------------------------------------------------- tokenizer
 
 
-def train_tokenizer(corpus: Corpus, vocab_size: int) -> Tokenizer:
-    """Trains a byte-level BPE: every string round-trips exactly, whitespace and emoji included."""
+def training_texts(corpus: Corpus, max_bytes: int | None = None) -> Iterator[str]:
+    """Text to train a tokenizer on, in pieces: the whole corpus, or, when it is bigger than max_bytes,
+    a deterministic sample of about max_bytes made of SAMPLE_WINDOW-byte windows spread evenly over all
+    files (the same corpus always gives the same sample)."""
+    total = corpus.total_bytes
+    if not max_bytes or max_bytes >= total:
+        for path in corpus.files:
+            yield from read_pieces(path)
+        return
+    width = min(SAMPLE_WINDOW, max(max_bytes // 64, 1))  # at least ~64 windows, however small the sample
+    stride = width * total / max_bytes  # window k covers [k * stride, k * stride + width)
+    offset = 0  # where the current file starts in the concatenated corpus
+    for path, size in zip(corpus.files, corpus.sizes):
+        k = math.ceil(max(offset - width, 0) / stride)
+        if k * stride >= offset + size:  # no window reaches this file: do not even open it
+            offset += size
+            continue
+        with open(path, "rb") as f:
+            while (window := k * stride) < offset + size:
+                lo, hi = max(int(window), offset), min(int(window) + width, offset + size)
+                if hi > lo:
+                    f.seek(lo - offset)
+                    raw = f.read(hi - lo)
+                    if lo == offset:
+                        raw = raw.removeprefix(codecs.BOM_UTF8)
+                    yield raw.decode("utf-8", errors="ignore")  # only a window's cut ends can be partial
+                k += 1
+        offset += size
+
+
+def train_tokenizer(corpus: Corpus, vocab_size: int, max_bytes: int | None = None) -> Tokenizer:
+    """Trains a byte-level BPE on a stream of the corpus' text (or its max_bytes sample): every string
+    round-trips exactly, whitespace and emoji included."""
     if vocab_size < MIN_VOCAB_SIZE:
         raise DataError(f"--vocab_size {vocab_size} is too small: byte-level BPE needs at least {MIN_VOCAB_SIZE}")
     tok = Tokenizer(models.BPE())
@@ -149,10 +368,18 @@ def train_tokenizer(corpus: Corpus, vocab_size: int) -> Tokenizer:
         vocab_size=vocab_size,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
-        show_progress=False,  # our own bar below counts documents
+        show_progress=False,  # our own bar below counts bytes
     )
-    docs = tqdm(corpus.documents(), total=len(corpus.files), desc="training tokenizer", unit=" docs", leave=False)
-    tok.train_from_iterator(docs, trainer=trainer, length=len(corpus.files))
+    total = min(max_bytes or corpus.total_bytes, corpus.total_bytes)
+    bar = tqdm(total=total, desc="training tokenizer", unit="B", unit_scale=True, leave=False)
+
+    def texts() -> Iterator[str]:
+        for text in training_texts(corpus, max_bytes):
+            bar.update(len(text))  # characters: close enough to bytes for a progress bar
+            yield text
+
+    tok.train_from_iterator(texts(), trainer=trainer)
+    bar.close()
     return tok
 
 
@@ -182,43 +409,76 @@ def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
     return lengths
 
 
-# --------------------------------------------------------------------------- dataset
+# --------------------------------------------------------------------------- encoding
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def encode_corpus(tok: Tokenizer, documents: Iterable[str], num_docs: int, batch: int = 64) -> np.ndarray:
-    """All documents' ids, each followed by <eos>, as one array (uint16 where the vocabulary fits)."""
+def encode_pieces(tok: Tokenizer, pieces: Iterable[tuple[str, bool, int]], bar: tqdm | None = None,
+                  ) -> Iterator[tuple[np.ndarray, list[int]]]:
+    """Encodes (text, ends a document, bytes done) pieces in parallel batches of about BATCH_CHARS.
+
+    Yields each batch's ids, with <eos> after every document, and the offsets within the batch where
+    documents end. The pieces of one document are encoded separately and their ids concatenated, which
+    still decodes to the document's exact text (byte-level BPE has no state across pieces).
+    """
     dtype = token_dtype(tok.get_vocab_size())
-    eos = np.array([EOS_ID], dtype=dtype)
-    pieces: list[np.ndarray] = []
-    bar = tqdm(total=num_docs, desc="encoding", unit=" docs", leave=False)
-    pending: list[str] = []
+    texts, ends, chars = [], [], 0
 
-    def flush() -> None:
-        for enc in tok.encode_batch(pending, add_special_tokens=False):
-            pieces.extend((np.asarray(enc.ids, dtype=dtype), eos))
-        bar.update(len(pending))
-        pending.clear()
+    def flush():
+        encodings = tok.encode_batch_fast(texts, add_special_tokens=False)  # no offsets: faster
+        parts, doc_ends, n = [], [], 0
+        for enc, ends_doc in zip(encodings, ends):
+            ids = enc.ids + [EOS_ID] if ends_doc else enc.ids
+            parts.append(np.array(ids, dtype=dtype))
+            n += len(ids)
+            if ends_doc:
+                doc_ends.append(n)
+        texts.clear()
+        ends.clear()
+        return np.concatenate(parts), doc_ends
 
-    for text in documents:
-        pending.append(text)
-        if len(pending) == batch:
-            flush()
-    flush()
-    bar.close()
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
+    for text, ends_doc, done_bytes in pieces:
+        texts.append(text)
+        ends.append(ends_doc)
+        chars += len(text)
+        if bar is not None and done_bytes:
+            bar.update(done_bytes)
+        if chars >= BATCH_CHARS:
+            yield flush()
+            chars = 0
+    if texts:
+        yield flush()
+
+
+def encode_corpus(tok: Tokenizer, documents: Iterable[str], num_docs: int | None = None) -> np.ndarray:
+    """All documents' ids, each followed by <eos>, as one in-memory array (for small corpora and tests;
+    train_bpe.py goes through the on-disk cache). Gives the same ids as the cache for the same texts."""
+
+    def pieces():
+        for text in tqdm(documents, total=num_docs, desc="encoding", unit=" docs", leave=False):
+            parts = split_text(text)
+            for i, part in enumerate(parts):
+                yield part, i == len(parts) - 1, 0
+
+    arrays = [ids for ids, _ in encode_pieces(tok, pieces())]
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=token_dtype(tok.get_vocab_size()))
+
+
+# --------------------------------------------------------------------------- batching
 
 
 class TokenData:
-    """Train and validation token streams, and random (x, y) blocks drawn from them."""
+    """Train and validation token streams (in-memory arrays or memmaps), and random (x, y) blocks."""
 
-    def __init__(self, tokens: np.ndarray, block_size: int, val_fraction: float = VAL_FRACTION):
-        split = int(len(tokens) * (1 - val_fraction))
+    def __init__(self, tokens: np.ndarray, block_size: int, val_fraction: float = VAL_FRACTION,
+                 val_start: int | None = None, val_bytes: int | None = None):
+        split = int(len(tokens) * (1 - val_fraction)) if val_start is None else val_start
         self.train, self.val = tokens[:split], tokens[split:]
         self.block_size = block_size
+        self.val_bytes = val_bytes  # UTF-8 bytes the validation tokens stand for, when known
         for name, part in (("training", self.train), ("validation", self.val)):
             if len(part) <= block_size:
                 raise DataError(

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import data
 import resume
+import token_cache
 from checkpoint import (
     CheckpointError, atomic_write_text, check_out_dir, check_writable, remove_stale_temps, rng_state, save_checkpoint,
 )
@@ -79,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overwrite_tokenizer", action="store_true",
                    help="replace a different tokenizer already at --tokenizer_path instead of using a new name")
     g.add_argument("--vocab_size", type=int, default=8000, help="BPE vocabulary size, specials included")
+    g.add_argument("--tokenizer_train_bytes", type=int, default=data.DEFAULT_TOKENIZER_TRAIN_BYTES,
+                   help="train the tokenizer on an even, deterministic sample of about this many bytes of a "
+                        "bigger corpus (0 = all of it)")
+    g.add_argument("--cache_dir", type=Path,
+                   help="folder for the on-disk token cache (default: <out_dir>/token_cache); reused while the "
+                        "corpus and tokenizer are unchanged")
+    g.add_argument("--verbose", action="store_true", help="list every skipped or ignored file of the corpus and why")
 
     g = p.add_argument_group("model")
     g.add_argument("--n_layer", type=int, default=6, help="number of Transformer blocks")
@@ -141,6 +149,10 @@ def check_args(args) -> str | None:
             return f"--{name} must be at least 1, got {getattr(args, name)}"
     if args.n_embed % args.n_head:
         return f"--n_embed {args.n_embed} is not divisible by --n_head {args.n_head}"
+    if args.cache_dir is not None and args.cache_dir.exists() and not args.cache_dir.is_dir():
+        return f"--cache_dir {args.cache_dir} is a file: pass a folder (it is created if missing)"
+    if args.tokenizer_train_bytes < 0:
+        return f"--tokenizer_train_bytes must be 0 (all) or more, got {args.tokenizer_train_bytes}"
     if args.vocab_size < data.MIN_VOCAB_SIZE:
         return f"--vocab_size {args.vocab_size} is too small: byte-level BPE needs at least {data.MIN_VOCAB_SIZE}"
     if not 0 <= args.dropout < 1:
@@ -203,7 +215,7 @@ def prepare_tokenizer(args, corpus: data.Corpus):
         if tok.token_to_id("<eos>") != data.EOS_ID:
             raise data.DataError(f"--tokenizer {args.tokenizer} lacks <eos> at id {data.EOS_ID}: train a new one")
         return tok, args.tokenizer
-    return data.train_tokenizer(corpus, args.vocab_size), None
+    return data.train_tokenizer(corpus, args.vocab_size, args.tokenizer_train_bytes), None
 
 
 def save_tokenizer(args, tok) -> Path:
@@ -273,12 +285,16 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
     data_file = args.data_file if args.data_file or args.data_dir else DEFAULT_DATA_FILE
     corpus = data.scan_corpus(data_file=data_file, data_dir=args.data_dir)
     print(corpus.summary())
+    if args.verbose:
+        for path, reason in corpus.skipped_files:
+            print(f"  {reason}: {path}")
     if resume_state is not None:
         tok, tok_path = resume.checkpoint_tokenizer(args, resume_state)
     else:
         tok, tok_path = prepare_tokenizer(args, corpus)
-    tokens = data.encode_corpus(tok, corpus.documents(), len(corpus.files))
-    token_data = data.TokenData(tokens, args.block_size)
+    cache = token_cache.load_or_build_cache(corpus, tok, args.cache_dir or args.out_dir / "token_cache")
+    print(cache.message())
+    token_data = cache.token_data(args.block_size)
     fingerprint = resume.corpus_fingerprint(token_data)
     if resume_state is not None and fingerprint != resume_state["corpus_fingerprint"]:
         flag, where = ("--data_dir", args.data_dir) if args.data_dir else ("--data_file", data_file)
@@ -287,8 +303,9 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
             f"pass the original corpus, or start a new run in another --out_dir"
         )
     tok_path = tok_path or save_tokenizer(args, tok)
-    val_bytes = int(data.token_byte_lengths(tok)[token_data.val].sum())
-    print(f"tokenizer: {tok.get_vocab_size()} tokens ({tok_path}); dataset: {len(tokens):,} tokens, "
+    val_bytes = token_data.val_bytes
+    print(f"tokenizer: {tok.get_vocab_size()} tokens ({tok_path}); dataset: "
+          f"{len(token_data.train) + len(token_data.val):,} tokens, "
           f"{len(token_data.train):,} train / {len(token_data.val):,} val")
 
     config = GPTConfig(

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -46,7 +48,7 @@ def test_folder_order_extension_filter_and_skip_rules(tmp_path):
 
     corpus = data.scan_corpus(data_dir=tmp_path)
 
-    used = [p.relative_to(tmp_path).as_posix() for p in corpus.files]
+    used = [Path(p).relative_to(tmp_path).as_posix() for p in corpus.files]
     assert used == ["a.txt", "b/a.md", "b/z.py", "c/notes.rst", "script.js"]
     assert corpus.skipped == {"empty": 1, "not UTF-8": 1, "binary": 1}
     summary = corpus.summary()
