@@ -9,6 +9,7 @@ these match and the array has the size the sidecar promises; anything else is re
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 import os
@@ -43,15 +44,54 @@ def split_point(num_tokens: int, doc_ends: list[int] | array, val_fraction: floa
 
 @dataclass
 class TokenCache:
-    """A validated token cache: the ids on disk and what the sidecar says about them."""
+    """A validated token cache: the ids on disk and what the sidecar says about them.
 
-    path: Path  # the binary array of ids
+    A freshly encoded cache stays in a temporary file until commit() puts it in place, so a caller can
+    check it first (is it big enough? the corpus a resumed run expects?) and a failed check leaves the
+    previous cache as it was. Used as a context manager it commits on success and discards on error.
+    """
+
+    path: Path  # the binary array of ids, once committed
     meta: dict
     reused: bool
     reason: str  # why it was rebuilt, or "" when reused
+    pending: Path | None = None  # the new array, until commit()
+    made_dir: bool = False  # whether encoding created the cache folder (discard() removes it again)
+
+    def __enter__(self) -> TokenCache:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.discard() if exc_type else self.commit()
+
+    def commit(self) -> None:
+        """Renames the new array into place and writes the sidecar last: a crash between the two leaves
+        no sidecar, which reads as no cache, never as a sidecar describing the wrong array."""
+        if self.pending is None:
+            return
+        meta_path = self.path.with_name(CACHE_META)
+        try:
+            meta_path.unlink(missing_ok=True)
+            os.replace(self.pending, self.path)
+            self.pending = None
+            atomic_write_text(meta_path, json.dumps(self.meta, indent=1))
+        except OSError as exc:
+            self.discard()
+            raise data.DataError(f"--cache_dir {self.path.parent}: cannot write the token cache "
+                                 f"({exc.strerror or exc}); free some disk space or pick another folder") from None
+
+    def discard(self) -> None:
+        if self.pending is None:
+            return
+        self.pending.unlink(missing_ok=True)
+        self.pending = None
+        if self.made_dir:
+            with contextlib.suppress(OSError):  # only if still empty
+                self.path.parent.rmdir()
 
     def tokens(self) -> np.memmap:
-        return np.memmap(self.path, dtype=np.dtype(self.meta["dtype"]), mode="r", shape=(self.meta["num_tokens"],))
+        return np.memmap(self.pending or self.path, dtype=np.dtype(self.meta["dtype"]), mode="r",
+                         shape=(self.meta["num_tokens"],))
 
     def token_data(self, block_size: int) -> data.TokenData:
         return data.TokenData(self.tokens(), block_size, val_start=self.meta["val_start"],
@@ -100,31 +140,33 @@ def _stale_reason(cache_dir: Path, key: dict) -> str | None:
 
 
 def load_or_build_cache(corpus: data.Corpus, tok: Tokenizer, cache_dir: str | Path) -> TokenCache:
+    """The token cache for this corpus and tokenizer, reused or rebuilt, committed."""
+    cache = reuse_or_encode(corpus, tok, cache_dir)
+    cache.commit()
+    return cache
+
+
+def reuse_or_encode(corpus: data.Corpus, tok: Tokenizer, cache_dir: str | Path) -> TokenCache:
     """The token cache for this corpus and tokenizer: reused when its sidecar matches (same files, sizes,
-    mtimes, tokenizer, format) and the array is whole, else rebuilt from the files."""
+    mtimes, tokenizer, format) and the array is whole, else encoded from the files (not yet committed)."""
     cache_dir = Path(cache_dir)
     key = _cache_key(corpus, tok)
     reason = _stale_reason(cache_dir, key)
     if reason is None:
         meta = json.loads((cache_dir / CACHE_META).read_text(encoding="utf-8"))
         return TokenCache(cache_dir / CACHE_BIN, meta, reused=True, reason="")
+    made_dir = not cache_dir.exists()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        meta = build_cache(corpus, tok, cache_dir, key)
+        pending, meta = encode_to_file(corpus, tok, cache_dir, key)
     except OSError as exc:  # reading the corpus raises DataError; this is the cache folder or the disk
         raise data.DataError(f"--cache_dir {cache_dir}: cannot write the token cache ({exc.strerror or exc}); "
                              f"free some disk space or pick another folder") from None
-    return TokenCache(cache_dir / CACHE_BIN, meta, reused=False, reason=reason)
+    return TokenCache(cache_dir / CACHE_BIN, meta, reused=False, reason=reason, pending=pending, made_dir=made_dir)
 
 
-def build_cache(corpus: data.Corpus, tok: Tokenizer, cache_dir: Path, key: dict) -> dict:
-    """Encodes the corpus into cache_dir/tokens.bin and writes the sidecar; returns the sidecar.
-
-    The sidecar goes first and comes back last, and the array is renamed into place whole, so a crash at
-    any moment leaves no cache or a complete one, never a sidecar describing the wrong array.
-    """
-    bin_path, meta_path = cache_dir / CACHE_BIN, cache_dir / CACHE_META
-    meta_path.unlink(missing_ok=True)
+def encode_to_file(corpus: data.Corpus, tok: Tokenizer, cache_dir: Path, key: dict) -> tuple[Path, dict]:
+    """Encodes the corpus into a temporary file in cache_dir; returns it and the sidecar it needs."""
     for stale in cache_dir.glob(f".{CACHE_BIN}.*.tmp"):  # left by a run killed while encoding
         stale.unlink(missing_ok=True)
     # Documents go in an order fixed by a hash of their names, so the validation split (the last ~10%)
@@ -144,14 +186,12 @@ def build_cache(corpus: data.Corpus, tok: Tokenizer, cache_dir: Path, key: dict)
             os.fsync(f.fileno())
         val_start = split_point(num_tokens, doc_ends)
         val_bytes = _count_val_bytes(tmp, np.dtype(key["dtype"]), val_start, tok)
-        os.replace(tmp, bin_path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     meta = {**key, "num_tokens": num_tokens, "num_documents": len(doc_ends), "val_start": val_start,
             "val_bytes": val_bytes, "corpus_bytes": corpus.total_bytes}
-    atomic_write_text(meta_path, json.dumps(meta, indent=1))
-    return meta
+    return Path(tmp), meta
 
 
 def _count_val_bytes(path: str, dtype: np.dtype, val_start: int, tok: Tokenizer) -> int:

@@ -292,16 +292,17 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
         tok, tok_path = resume.checkpoint_tokenizer(args, resume_state)
     else:
         tok, tok_path = prepare_tokenizer(args, corpus)
-    cache = token_cache.load_or_build_cache(corpus, tok, args.cache_dir or args.out_dir / "token_cache")
+    # A new cache replaces the old one only if these checks pass: a mistyped corpus keeps the right cache.
+    with token_cache.reuse_or_encode(corpus, tok, args.cache_dir or args.out_dir / "token_cache") as cache:
+        token_data = cache.token_data(args.block_size)
+        fingerprint = resume.corpus_fingerprint(token_data)
+        if resume_state is not None and fingerprint != resume_state["corpus_fingerprint"]:
+            flag, where = ("--data_dir", args.data_dir) if args.data_dir else ("--data_file", data_file)
+            raise CheckpointError(
+                f"{flag} {where} is not the corpus --resume {args.resume} was trained on (its text changed): "
+                f"pass the original corpus, or start a new run in another --out_dir"
+            )
     print(cache.message())
-    token_data = cache.token_data(args.block_size)
-    fingerprint = resume.corpus_fingerprint(token_data)
-    if resume_state is not None and fingerprint != resume_state["corpus_fingerprint"]:
-        flag, where = ("--data_dir", args.data_dir) if args.data_dir else ("--data_file", data_file)
-        raise CheckpointError(
-            f"{flag} {where} is not the corpus --resume {args.resume} was trained on (its text changed): "
-            f"pass the original corpus, or start a new run in another --out_dir"
-        )
     tok_path = tok_path or save_tokenizer(args, tok)
     val_bytes = token_data.val_bytes
     print(f"tokenizer: {tok.get_vocab_size()} tokens ({tok_path}); dataset: "

@@ -325,6 +325,21 @@ def test_damaged_cache_is_rebuilt_not_trusted(damage, folder, tiny_tokenizer, tm
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+def test_a_failed_check_keeps_the_previous_cache(folder, tiny_tokenizer, tmp_path):
+    good = token_cache.load_or_build_cache(scan(folder), tiny_tokenizer, tmp_path / "cache")
+    expected = np.array(good.tokens())
+    write(folder / "extra.txt", "a file the user added by mistake\n")
+    with pytest.raises(data.DataError, match="too small"):
+        with token_cache.reuse_or_encode(scan(folder), tiny_tokenizer, tmp_path / "cache") as cache:
+            assert not cache.reused
+            cache.token_data(block_size=10**6)  # the kind of check train_bpe.py makes before committing
+    (folder / "extra.txt").unlink()
+    again = token_cache.load_or_build_cache(scan(folder), tiny_tokenizer, tmp_path / "cache")
+    assert again.reused
+    np.testing.assert_array_equal(again.tokens(), expected)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [token_cache.CACHE_BIN, token_cache.CACHE_META]
+
+
 # --------------------------------------------------------------------------- streaming and memory
 
 

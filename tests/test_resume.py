@@ -231,7 +231,8 @@ def start_paused_run(tiny_file, tok_file, out: Path, pause: float) -> subprocess
 
 
 def folder_digest(folder: Path) -> dict:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # the token cache is a folder of files
 
 
 def read_stderr_until(proc: subprocess.Popen, text: str, timeout: float = 30) -> None:
