@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the tokenizer on an even, deterministic sample of about this many bytes of a "
                         "bigger corpus (0 = all of it)")
     g.add_argument("--cache_dir", type=Path,
-                   help="folder for the on-disk token cache (default: <out_dir>/token_cache); reused while the "
-                        "corpus and tokenizer are unchanged")
+                   help="folder for the on-disk token cache, reused while the corpus and tokenizer are "
+                        "unchanged (None: <out_dir>/token_cache)")
     g.add_argument("--verbose", action="store_true", help="list every skipped or ignored file of the corpus and why")
 
     g = p.add_argument_group("model")
