@@ -18,7 +18,8 @@ import torch
 
 FORMAT = "mini-gpt-bpe"
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("model", "config", "tokenizer_json")
+REQUIRED_KEYS = ("model", "config")
+TOKENIZER_KEYS = ("tokenizer_json", "tokenizer_model")  # byte-level BPE or SentencePiece: one of them
 
 
 class CheckpointError(Exception):
@@ -105,6 +106,8 @@ def load_checkpoint(path: str | Path, map_location="cpu", flag: str = "--ckpt") 
             f"{where} has format version {version}, newer than this code's {FORMAT_VERSION}: update the code"
         )
     missing = [k for k in REQUIRED_KEYS if k not in state]
+    if not any(k in state for k in TOKENIZER_KEYS):
+        missing.append("tokenizer")
     if missing:
         raise CheckpointError(f"{where} is incomplete (missing {', '.join(missing)}): it cannot be used")
     return state

@@ -402,6 +402,8 @@ def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
 
     In a byte-level vocabulary every character of a token's string stands for exactly one byte.
     """
+    if hasattr(tok, "token_byte_lengths"):  # spm.SentencePieceTokenizer counts its own pieces
+        return tok.token_byte_lengths()
     lengths = np.zeros(tok.get_vocab_size(), dtype=np.int64)
     specials = set(SPECIAL_TOKENS)
     for token, idx in tok.get_vocab().items():

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-import data
+import spm
 from checkpoint import CheckpointError, load_checkpoint, restore_rng_state
 
 # Typed with a different value, these would give a model the checkpoint's weights do not fit.
@@ -96,15 +96,16 @@ def load_for_resume(args, path: Path, given: set[str], paths: set[str]) -> dict:
     return state
 
 
-def checkpoint_tokenizer(args, state: dict) -> tuple[Tokenizer, Path]:
+def checkpoint_tokenizer(args, state: dict) -> tuple[Tokenizer | spm.SentencePieceTokenizer, Path]:
     """The tokenizer inside the checkpoint; a --tokenizer typed now must be the same one."""
+    tok = spm.tokenizer_from_checkpoint(state)
     if "tokenizer" in state["given"] and args.tokenizer is not None:
-        if data.load_tokenizer(args.tokenizer).to_str() != state["tokenizer_json"]:
+        if spm.load_any(args.tokenizer).to_str() != tok.to_str():
             raise CheckpointError(
                 f"--tokenizer {args.tokenizer} differs from the one inside --resume {args.resume}: "
                 f"drop --tokenizer (the checkpoint carries its own)"
             )
-    return Tokenizer.from_str(state["tokenizer_json"]), Path(state.get("tokenizer_path", "(inside the checkpoint)"))
+    return tok, Path(state.get("tokenizer_path", "(inside the checkpoint)"))
 
 
 def corpus_fingerprint(token_data) -> str:

@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 import data
+import spm
 from checkpoint import CheckpointError, load_checkpoint
 from model import GPT, GPTConfig
 from train_bpe import HelpFormatter, OneLineParser, resolve_device
@@ -61,13 +62,15 @@ def check_args(args) -> str | None:
     return None
 
 
-def load_model(path, device) -> tuple[GPT, Tokenizer]:
+def load_model(path, device) -> tuple[GPT, Tokenizer | spm.SentencePieceTokenizer]:
     """The model and the tokenizer embedded in a checkpoint (the tokenizer file itself is not needed)."""
     state = load_checkpoint(path)
     try:
         model = GPT(GPTConfig(**state["config"]))
         model.load_state_dict(state["model"])
-        tok = Tokenizer.from_str(state["tokenizer_json"])
+        tok = spm.tokenizer_from_checkpoint(state)
+    except data.DataError as exc:  # a SentencePiece checkpoint without the package
+        raise CheckpointError(f"--ckpt {path}: {exc}") from None
     except Exception as exc:  # a checkpoint with our format tag but inconsistent contents
         reason = (str(exc).splitlines() or [""])[0][:200]
         raise CheckpointError(f"--ckpt {path} is damaged ({type(exc).__name__}: {reason})") from None

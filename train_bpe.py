@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import math
 import shlex
 import sys
+import textwrap
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,10 +22,12 @@ import torch
 from tqdm import tqdm
 
 import data
+import metrics
 import resume
+import spm
 import token_cache
 from checkpoint import (
-    CheckpointError, atomic_write_text, check_out_dir, check_writable, remove_stale_temps, rng_state, save_checkpoint,
+    CheckpointError, atomic_write, check_out_dir, check_writable, remove_stale_temps, rng_state, save_checkpoint,
 )
 from model import GPT, GPTConfig
 from schedule import lr_factor
@@ -48,6 +52,8 @@ EXAMPLES = """examples:
   python train_bpe.py --data_dir ~/my-corpus --vocab_size 12000 --block_size 512 --use_cosine
   python train_bpe.py --resume                                # continue ./mini_gpt_last.pt where it stopped
   python train_bpe.py --resume out/mini_gpt_last.pt --max_steps 8000   # ... and train longer
+  python train_bpe.py --preset cpu --tokenizer_type sentencepiece   # SentencePiece instead of byte-level BPE
+  python train_bpe.py --plot_only metrics.jsonl                     # redraw loss.png from a run's metrics
 """
 
 
@@ -56,10 +62,28 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """Reports a bad flag in one line (not usage + message) and exits with code 2."""
+    """Reports a bad flag in one line (not usage + message) and exits with code 2.
+
+    Python 3.11's argparse names an unknown flag but does not guess what was meant; we add the closest one.
+    """
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}{self.suggestion(message)} (see --help)\n")
+
+    def suggestion(self, message: str) -> str:
+        prefix = "unrecognized arguments: "
+        if not message.startswith(prefix):
+            return ""
+        known = [s for action in self._actions for s in action.option_strings]
+        hints = []
+        for word in message[len(prefix):].split():
+            flag = word.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6) if flag.startswith("-") else []
+            if close:
+                hints.append((flag, close[0]))
+        if len(hints) == 1:
+            return f"; did you mean {hints[0][1]}?"
+        return "".join(f"; {flag}: did you mean {match}?" for flag, match in hints)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,10 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     src = g.add_mutually_exclusive_group()
     src.add_argument("--data_file", type=Path, help="one UTF-8 text file (default: the bundled data/input.txt)")
     src.add_argument("--data_dir", type=Path, help="a folder of .txt/.md/code files, searched recursively")
-    g.add_argument("--tokenizer", type=Path, help="reuse this tokenizer.json instead of training one")
+    g.add_argument("--tokenizer_type", choices=spm.TYPES, default="bpe",
+                   help="tokenizer to train: byte-level BPE, or SentencePiece BPE (needs the sentencepiece extra)")
+    g.add_argument("--tokenizer", type=Path,
+                   help="reuse this tokenizer instead of training one: a tokenizer.json, or a SentencePiece .model")
     g.add_argument("--tokenizer_path", type=Path, default=Path("bpe/tokenizer.json"),
-                   help="where a newly trained tokenizer is saved (a different existing file is kept: "
-                        "the new one gets a -1, -2, ... name)")
+                   help="where a newly trained tokenizer is saved (.model instead of .json for SentencePiece; "
+                        "a different existing file is kept: the new one gets a -1, -2, ... name)")
     g.add_argument("--overwrite_tokenizer", action="store_true",
                    help="replace a different tokenizer already at --tokenizer_path instead of using a new name")
     g.add_argument("--vocab_size", type=int, default=8000, help="BPE vocabulary size, specials included")
@@ -121,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("evaluation and output")
     g.add_argument("--eval_interval", type=int, default=250, help="evaluate and checkpoint every N steps")
     g.add_argument("--eval_iters", type=int, default=50, help="batches averaged per evaluation")
-    g.add_argument("--out_dir", type=Path, default=Path("."), help=f"folder for {BEST_NAME} and {LAST_NAME}")
+    g.add_argument("--out_dir", type=Path, default=Path("."),
+                   help=f"folder for {BEST_NAME}, {LAST_NAME}, {metrics.METRICS_NAME} and {metrics.PLOT_NAME}")
+    g.add_argument("--log_interval", type=int, default=10, help=f"append the train loss to {metrics.METRICS_NAME} every N steps")
+    g.add_argument("--plot_only", type=Path, metavar="METRICS_FILE",
+                   help=f"only redraw {metrics.PLOT_NAME} beside this metrics.jsonl, then exit (trains nothing)")
     g.add_argument("--resume", nargs="?", const="", metavar="PATH",
                    help=f"continue a run from its checkpoint (PATH left out: <out_dir>/{LAST_NAME}); flags not "
                         f"given are taken from it")
@@ -144,7 +175,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def check_args(args) -> str | None:
     """The first thing wrong with the flags, as a message, or None."""
     for name in ("vocab_size", "n_layer", "n_head", "n_embed", "block_size", "batch_size",
-                 "grad_accum_steps", "max_steps", "eval_interval", "eval_iters", "max_bad_steps"):
+                 "grad_accum_steps", "max_steps", "eval_interval", "eval_iters", "max_bad_steps", "log_interval"):
         if getattr(args, name) < 1:
             return f"--{name} must be at least 1, got {getattr(args, name)}"
     if args.n_embed % args.n_head:
@@ -211,30 +242,35 @@ def prepare_tokenizer(args, corpus: data.Corpus):
     """Loads --tokenizer and returns its path, or trains one and returns None for the path:
     save_tokenizer writes it once the dataset has passed its checks."""
     if args.tokenizer:
-        tok = data.load_tokenizer(args.tokenizer)
+        tok = spm.load_any(args.tokenizer)
         if tok.token_to_id("<eos>") != data.EOS_ID:
             raise data.DataError(f"--tokenizer {args.tokenizer} lacks <eos> at id {data.EOS_ID}: train a new one")
+        args.tokenizer_type = spm.tokenizer_type(tok)  # the log and checkpoint say what was really used
         return tok, args.tokenizer
+    if args.tokenizer_type == "sentencepiece":
+        return spm.train_sentencepiece(corpus, args.vocab_size, args.tokenizer_train_bytes), None
     return data.train_tokenizer(corpus, args.vocab_size, args.tokenizer_train_bytes), None
 
 
 def save_tokenizer(args, tok) -> Path:
     """Saves at --tokenizer_path; a different tokenizer already there is kept unless --overwrite_tokenizer."""
     path = args.tokenizer_path
-    text = tok.to_str()
+    if spm.tokenizer_type(tok) == "sentencepiece":
+        path = path.with_suffix(".model")
+    content = spm.tokenizer_file_bytes(tok)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file() and path.read_text(encoding="utf-8", errors="replace") != text:
+        if path.is_file() and path.read_bytes() != content:
             if args.overwrite_tokenizer:
                 print(f"{path} holds a different tokenizer; replacing it (--overwrite_tokenizer)")
             else:
                 stem, n = path.with_suffix(""), 1
-                while (alt := Path(f"{stem}-{n}.json")).exists():
+                while (alt := Path(f"{stem}-{n}{path.suffix}")).exists():
                     n += 1
                 print(f"{path} holds a different tokenizer; keeping it and saving the new one as {alt} "
                       f"(--overwrite_tokenizer replaces it)")
                 path = alt
-        atomic_write_text(path, text)
+        atomic_write(path, lambda f: f.write(content))
     except OSError as exc:
         raise data.DataError(
             f"--tokenizer_path {path} cannot be written ({exc.strerror or exc}): pick another path"
@@ -329,7 +365,7 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
         torch.backends.cudnn.allow_tf32 = True
 
     tokens_per_step = args.batch_size * args.grad_accum_steps * args.block_size
-    print(f"config: {vars_for_log(args)}")
+    print(format_config(args))
     print(f"device: {device}, precision: {dtype or torch.float32}, parameters: {raw_model.num_params() / 1e6:.2f}M, "
           f"effective batch: {args.batch_size} x {args.grad_accum_steps} = {args.batch_size * args.grad_accum_steps} "
           f"sequences ({tokens_per_step:,} tokens) per step")
@@ -341,6 +377,8 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
     skipped = SkippedSteps(args.max_bad_steps)
     last_path = args.out_dir / LAST_NAME
     saved_step = start if resume_state is not None else None  # the step mini_gpt_last.pt holds
+    log = metrics.MetricsLog(args.out_dir / metrics.METRICS_NAME)
+    log.write("start", step=start, tokens_per_step=tokens_per_step, config=vars_for_log(args))
 
     def save(path: Path, step: int) -> None:
         state = {
@@ -355,7 +393,7 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
             "skipped_steps": skipped.total,
             "args": vars_for_log(args),
             "tokenizer_path": str(tok_path),
-            "tokenizer_json": tok.to_str(),
+            **spm.checkpoint_fields(tok),
         }
         try:
             save_checkpoint(path, state)
@@ -405,6 +443,9 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
         if skipped.total:
             postfix["skipped"] = skipped.total
         bar.set_postfix(postfix, refresh=False)
+        seen = dict(step=done, tokens=done * tokens_per_step, elapsed=round(time.perf_counter() - t0, 3), lr=lr, tok_s=round(tok_s, 1))
+        if done % args.log_interval == 0:
+            log.write("train", **seen, loss=loss_sum.item() / args.grad_accum_steps)
         if done % args.eval_interval == 0 or done == args.max_steps:
             losses = estimate_loss(model, token_data, args.batch_size, args.eval_iters, device, autocast, args.seed + 1)
             bpb = data.bits_per_byte(losses["val"], len(token_data.val), val_bytes)
@@ -413,6 +454,8 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
             tqdm.write(f"step {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
                        f"val ppl {math.exp(min(losses['val'], 700)):.2f}, val bits/byte {bpb:.3f}"
                        + (" (best, saved)" if is_best else ""))
+            log.write("eval", **seen, train_loss=losses["train"], val_loss=losses["val"],
+                      val_ppl=math.exp(min(losses["val"], 700)), val_bpb=bpb)
             if finite_weights(raw_model):
                 save(last_path, done)
                 saved_step = done
@@ -424,15 +467,39 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
             if saved_step != done and finite_weights(raw_model):
                 save(last_path, done)
             bar.close()
+            draw_plot(log.path)
             # The script as it was started (e.g. src/train_bpe.py), so the command works from the same folder.
             script = sys.argv[0] if Path(sys.argv[0]).name == "train_bpe.py" else "train_bpe.py"
             print(f"stopped by {stop.signal_name} at step {done}; continue with: "
                   f"python {shlex.quote(script)} --resume {shlex.quote(str(last_path))}")
             return stop.exit_code
     bar.close()
+    draw_plot(log.path)
     print(f"done in {time.perf_counter() - t0:.0f}s; best val loss {best_val:.4f}; "
           f"sample with: python sample_bpe.py --ckpt {args.out_dir / BEST_NAME}")
     return 0
+
+
+def draw_plot(metrics_path: Path) -> None:
+    """loss.png beside the metrics file, or one line on how to get it when matplotlib is missing."""
+    if not metrics.have_matplotlib():
+        print(f"{metrics.PLOT_HINT}; the numbers are in {metrics_path}")
+        return
+    print(f"loss plot: {metrics.plot_metrics(metrics_path, metrics_path.with_name(metrics.PLOT_NAME))}")
+
+
+def format_config(args, width: int = 100) -> str:
+    """The resolved flags as one block: a line per --help group, wrapped, unset flags left out."""
+    values = vars_for_log(args)
+    lines = ["config:"]
+    for group in build_parser()._action_groups:
+        items = [f"{a.dest}={values[a.dest]}" for a in group._group_actions
+                 if a.dest in values and values[a.dest] is not None]
+        if items:
+            title = "general" if group.title in ("options", "optional arguments") else group.title
+            lines += textwrap.wrap(" ".join(items), width, initial_indent=f"  {title + ':':<24}",
+                                   subsequent_indent=" " * 26)
+    return "\n".join(lines)
 
 
 def vars_for_log(args) -> dict:
@@ -442,6 +509,8 @@ def vars_for_log(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.plot_only:
+        return plot_only(args.plot_only)
     with GracefulStop() as stop:
         try:
             resume_state = None
@@ -459,6 +528,17 @@ def main(argv=None) -> int:
         except StopNow as exc:
             print(f"\ntrain_bpe.py: stopped at once by {exc}; files were left as they were", file=sys.stderr)
             return 128 + exc.signum
+
+
+def plot_only(metrics_path: Path) -> int:
+    try:
+        if not metrics.have_matplotlib():
+            raise metrics.MetricsError(f"--plot_only needs matplotlib: {metrics.PLOT_HINT}")
+        draw_plot(metrics_path)
+    except (metrics.MetricsError, OSError) as exc:
+        print(f"train_bpe.py: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

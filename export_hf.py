@@ -1,0 +1,167 @@
+"""Export a train_bpe.py checkpoint as a Hugging Face transformers GPT-2 model folder.
+
+    python export_hf.py --ckpt bpe_best.pt --out hf_model/
+
+The folder holds config.json, generation_config.json, model.safetensors and the tokenizer
+(tokenizer.json, tokenizer_config.json, special_tokens_map.json), so
+``transformers.pipeline("text-generation", model="hf_model")`` loads it. Writing needs only the
+safetensors package; loading it needs transformers (both in requirements-extra.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import data
+import spm
+from checkpoint import CheckpointError, load_checkpoint
+from train_bpe import OneLineParser
+
+EXAMPLES = """examples:
+  python export_hf.py --ckpt bpe_best.pt --out hf_model/
+  python export_hf.py --ckpt out/bpe_best.pt --out hf_model/ --overwrite   # replace an earlier export
+  python -c "from transformers import pipeline; print(pipeline('text-generation', model='hf_model')('ROMEO:', max_new_tokens=40)[0]['generated_text'])"
+"""
+
+# GPTConfig fields GPT-2 can express; any other field is an option of ours that GPT-2 lacks.
+GPT2_FIELDS = {"vocab_size", "block_size", "n_layer", "n_head", "n_embed", "dropout", "bias"}
+# Our layers are nn.Linear (weight: out x in); GPT-2's are Conv1D (weight: in x out), so these are transposed.
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+SPECIAL = dict(zip(("pad_token", "unk_token", "bos_token", "eos_token"), data.SPECIAL_TOKENS))
+OUTPUT_FILES = ("config.json", "generation_config.json", "model.safetensors",
+                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class ExportError(Exception):
+    """A checkpoint or output folder this export cannot handle: shown as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog="export_hf.py", description=__doc__.splitlines()[0], epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--ckpt", default="bpe_best.pt", help="checkpoint written by train_bpe.py")
+    p.add_argument("--out", type=Path, required=True, help="folder to write the Hugging Face model into")
+    p.add_argument("--overwrite", action="store_true", help="replace the export files in an --out that is not empty")
+    return p
+
+
+def check_gpt2_compatible(config: dict, ckpt) -> None:
+    """Raises ExportError for a model GPT2LMHeadModel cannot reproduce exactly."""
+    extra = sorted(set(config) - GPT2_FIELDS)
+    if extra:
+        raise ExportError(f"checkpoint {ckpt} uses option(s) {', '.join(extra)} that GPT-2 does not have; "
+                          f"it cannot be exported as a GPT-2 model")
+    if not config.get("bias", True):
+        raise ExportError(f"checkpoint {ckpt} was trained with bias=False, but Hugging Face GPT-2 always has "
+                          f"biases; it cannot be exported as a GPT-2 model")
+
+
+def hf_config(config: dict) -> dict:
+    """config.json for GPT2LMHeadModel: GELU tanh = "gelu_new", LayerNorm eps 1e-5, learned positions."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config["vocab_size"],
+        "n_positions": config["block_size"],
+        "n_embd": config["n_embed"],
+        "n_layer": config["n_layer"],
+        "n_head": config["n_head"],
+        "n_inner": None,  # 4 x n_embd, as our MLP
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "resid_pdrop": config["dropout"],
+        "embd_pdrop": config["dropout"],
+        "attn_pdrop": config["dropout"],
+        "scale_attn_weights": True,  # 1/sqrt(head size), as scaled_dot_product_attention
+        "tie_word_embeddings": True,
+        "initializer_range": 0.02,
+        "pad_token_id": data.PAD_ID,
+        "bos_token_id": data.BOS_ID,
+        "eos_token_id": data.EOS_ID,
+        "use_cache": True,
+    }
+
+
+def hf_state_dict(state_dict: dict) -> dict:
+    """Our weights under GPT-2's names (the same ones), Conv1D weights transposed, lm_head left to the tie."""
+    out = {}
+    for name, tensor in state_dict.items():
+        if name == "lm_head.weight":
+            continue  # the same tensor as transformer.wte.weight; safetensors stores no shared tensors
+        out[name] = (tensor.t() if name.endswith(CONV1D_SUFFIXES) else tensor).contiguous()
+    return out
+
+
+def tokenizer_files(tok, block_size: int) -> dict[str, str]:
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": block_size,
+        "clean_up_tokenization_spaces": False,  # byte-level BPE already round-trips exactly
+        **SPECIAL,
+    }
+    return {
+        "tokenizer.json": tok.to_str(),
+        "tokenizer_config.json": json.dumps(config, indent=2),
+        "special_tokens_map.json": json.dumps(SPECIAL, indent=2),
+    }
+
+
+def export(ckpt, out: Path, overwrite: bool = False) -> Path:
+    state = load_checkpoint(ckpt)
+    check_gpt2_compatible(state["config"], ckpt)
+    if state.get("tokenizer_type", "bpe") != "bpe":
+        raise ExportError(f"checkpoint {ckpt} uses a {state['tokenizer_type']} tokenizer; only byte-level BPE "
+                          f"checkpoints can be exported for now")
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise ExportError("export needs the safetensors package: pip install -r requirements-extra.txt") from None
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file: pass a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"--out {out} is not empty: pass --overwrite to replace the export files in it, or another folder")
+    tok = spm.tokenizer_from_checkpoint(state)
+
+    # Everything is written to a temporary folder first, so a failure leaves --out as it was.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        save_file(hf_state_dict(state["model"]), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        texts = {
+            "config.json": json.dumps(hf_config(state["config"]), indent=2),
+            "generation_config.json": json.dumps(
+                {"bos_token_id": data.BOS_ID, "eos_token_id": data.EOS_ID, "pad_token_id": data.PAD_ID}, indent=2),
+            **tokenizer_files(tok, state["config"]["block_size"]),
+        }
+        for name, text in texts.items():
+            (tmp / name).write_text(text + "\n", encoding="utf-8")
+        out.mkdir(exist_ok=True)
+        for name in OUTPUT_FILES:
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out = export(args.ckpt, args.out, args.overwrite)
+    except (ExportError, CheckpointError, data.DataError) as exc:
+        print(f"export_hf.py: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {args.ckpt} to {out}/ ({', '.join(OUTPUT_FILES)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
