@@ -107,7 +107,7 @@ def load_checkpoint(path: str | Path, map_location="cpu", flag: str = "--ckpt") 
         )
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if not any(k in state for k in TOKENIZER_KEYS):
-        missing.append("tokenizer")
+        missing.append(" or ".join(TOKENIZER_KEYS))
     if missing:
         raise CheckpointError(f"{where} is incomplete (missing {', '.join(missing)}): it cannot be used")
     return state

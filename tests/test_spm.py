@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import data
+import metrics
 import sample_bpe
 import spm
 import train_bpe
@@ -61,6 +62,13 @@ def test_train_then_sample_with_sentencepiece(tiny_file, tmp_path, capsys):
                             "--max_new_tokens", "8", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("ROMEO:") and len(text) > len("ROMEO:\n")
+
+    # --resume continues with the embedded SentencePiece model; the metrics show one timeline.
+    assert train_bpe.main(["--resume", str(out / train_bpe.LAST_NAME), "--max_steps", "8"]) == 0
+    resumed = load_checkpoint(out / train_bpe.LAST_NAME)
+    assert resumed["step"] == 8 and torch.equal(resumed["tokenizer_model"], state["tokenizer_model"])
+    steps = [(r["kind"], r["step"]) for r in metrics.read_metrics(out / metrics.METRICS_NAME) if r["kind"] != "train"]
+    assert steps == [("start", 0), ("eval", 6), ("start", 6), ("eval", 8)]
 
     # --tokenizer some.model reuses it: the new checkpoint embeds the very same model.
     out2 = tmp_path / "run2"
