@@ -17,8 +17,9 @@ from tokenizers import Tokenizer
 import spm
 from checkpoint import CheckpointError, load_checkpoint, restore_rng_state
 
-# Typed with a different value, these would give a model the checkpoint's weights do not fit.
-FIXED_FLAGS = ("preset", "vocab_size", "n_layer", "n_head", "n_embed", "block_size")
+# Typed with a different value, these would give a model (or, for --optimizer, an optimizer state)
+# the checkpoint does not fit.
+FIXED_FLAGS = ("preset", "vocab_size", "n_layer", "n_head", "n_embed", "block_size", "optimizer")
 # One corpus flag typed replaces both: they are mutually exclusive.
 CORPUS_FLAGS = ("data_file", "data_dir")
 # What train_bpe.py must have saved for a run to continue exactly where it stopped.

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
 import metrics
+import muon
 import resume
 import spm
 import token_cache
@@ -30,19 +32,21 @@ from checkpoint import (
     CheckpointError, atomic_write, check_out_dir, check_writable, remove_stale_temps, rng_state, save_checkpoint,
 )
 from model import GPT, GPTConfig
-from schedule import lr_factor
+from schedule import budget_spent, lr_factor, parse_duration
 from stopping import GracefulStop, SkippedSteps, StopNow, TrainingDiverged, finite_weights
 
 DEFAULT_DATA_FILE = Path(__file__).resolve().parent / "data" / "input.txt"
 BEST_NAME, LAST_NAME = "bpe_best.pt", "mini_gpt_last.pt"
+clock = time.perf_counter  # the training loop's clock; tests replace it to fake the passing of time
 
-# Small settings for a 2-core CPU: the README's main command finishes in a few minutes.
-# Any flag given explicitly overrides its preset value.
+# Settings for a 2-core CPU, tuned one lever at a time with bench/quality.py (bench/RESULTS.md):
+# 134 s of training, so the README's main command finishes in well under 5 minutes on any machine,
+# with the cosine ending on time. Any flag given explicitly overrides its preset value.
 PRESETS = {
     "cpu": dict(
-        vocab_size=2048, n_layer=4, n_head=4, n_embed=128, block_size=128, dropout=0.0,
-        batch_size=16, grad_accum_steps=1, max_steps=1500, warmup_steps=100, lr=2e-3,
-        eval_interval=250, eval_iters=20, use_cosine=True,
+        vocab_size=2048, n_layer=4, n_head=4, n_embed=128, block_size=256, dropout=0.0,
+        batch_size=8, grad_accum_steps=1, max_steps=100_000, max_time=134.0, warmup_steps=100, lr=2e-3,
+        optimizer="muon", cpu_bf16=True, eval_interval=250, eval_iters=20, use_cosine=True,
     ),
 }
 
@@ -86,6 +90,15 @@ class OneLineParser(argparse.ArgumentParser):
         return "".join(f"; {flag}: did you mean {match}?" for flag, match in hints)
 
 
+def duration_arg(text: str) -> float | None:
+    if text.strip() == "0":  # lets a user switch off the time budget a preset sets
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="train_bpe.py", description=__doc__.splitlines()[0], epilog=EXAMPLES,
@@ -127,9 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grad_accum_steps", type=int, default=2,
                    help="micro-batches per optimizer step; effective batch = batch_size x this")
     g.add_argument("--max_steps", type=int, default=5000, help="optimizer steps to train for")
+    g.add_argument("--max_time", type=duration_arg, default=None,
+                   help="stop after this much training time, seconds or H:MM:SS (the cosine then ends "
+                        "on time); the run stops at whichever of --max_steps and --max_time comes first; 0 = off")
     g.add_argument("--warmup_steps", type=int, default=200, help="linear LR warmup steps (with --use_cosine)")
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     g.add_argument("--min_lr_factor", type=float, default=0.1, help="final LR as a fraction of --lr (cosine)")
+    g.add_argument("--optimizer", choices=("adamw", "muon"), default="adamw",
+                   help="adamw, or muon: Muon (orthogonalised momentum) for the blocks' weight matrices, "
+                        "AdamW for embeddings, biases and gains; the model is the same either way")
+    g.add_argument("--muon_lr", type=float, default=0.02,
+                   help="peak learning rate of the Muon matrices (--lr stays the AdamW one); same schedule")
     g.add_argument("--weight_decay", type=float, default=0.1, help="AdamW weight decay, on matrices only")
     g.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient norm to this (0 = off)")
     g.add_argument("--use_cosine", action="store_true", help="warmup then cosine decay (else a constant LR)")
@@ -139,7 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("hardware")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="mixed precision on CUDA (bf16 where supported, else fp16); always off on CPU")
+                   help="mixed precision on CUDA (bf16 where supported, else fp16); on CPU see --cpu_bf16")
+    g.add_argument("--cpu_bf16", action=argparse.BooleanOptionalAction, default=False,
+                   help="bf16 autocast on CPU too, where the CPU has bf16 matmul instructions (AVX512-BF16, "
+                        "AMX); several times the fp32 matmul rate there; ignored elsewhere")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the model (faster steps after a slow first one)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -188,8 +212,9 @@ def check_args(args) -> str | None:
         return f"--vocab_size {args.vocab_size} is too small: byte-level BPE needs at least {data.MIN_VOCAB_SIZE}"
     if not 0 <= args.dropout < 1:
         return f"--dropout must be in [0, 1), got {args.dropout}"
-    if args.lr <= 0 or not math.isfinite(args.lr):
-        return f"--lr must be a positive number, got {args.lr}"
+    for name in ("lr", "muon_lr"):
+        if getattr(args, name) <= 0 or not math.isfinite(getattr(args, name)):
+            return f"--{name} must be a positive number, got {getattr(args, name)}"
     if args.warmup_steps < 0 or args.warmup_steps > args.max_steps:
         return f"--warmup_steps {args.warmup_steps} must be between 0 and --max_steps {args.max_steps}"
     if not 0 <= args.min_lr_factor <= 1:
@@ -220,19 +245,51 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def amp_dtype(device_type: str, bf16_supported: bool, enabled: bool = True) -> torch.dtype | None:
-    """The autocast dtype: bf16 on CUDA where supported, else fp16 (needs a GradScaler); None = off."""
-    if not enabled or device_type != "cuda":
+def amp_dtype(device_type: str, bf16_supported: bool, enabled: bool = True, cpu_bf16: bool = False) -> torch.dtype | None:
+    """The autocast dtype: bf16 on CUDA where supported, else fp16 (needs a GradScaler); None = off.
+
+    On CPU only bf16 with cpu_bf16 and hardware support: fp16 or emulated bf16 there is slower than fp32.
+    """
+    if not enabled:
+        return None
+    if device_type == "cpu":
+        return torch.bfloat16 if cpu_bf16 and bf16_supported else None
+    if device_type != "cuda":
         return None
     return torch.bfloat16 if bf16_supported else torch.float16
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device_type: str):
-    """AdamW with weight decay on matrices (weights, embeddings) only, not on biases or LayerNorm gains."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively on this device (CPU: oneDNN's check for AVX512-BF16/AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:  # a private but long-standing oneDNN query; a build without it gets fp32
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device_type: str,
+                   name: str = "adamw", muon_lr: float = 0.02):
+    """AdamW with weight decay on matrices (weights, embeddings) only, not on biases or LayerNorm gains.
+
+    name="muon": the Transformer blocks' weight matrices take Muon steps at muon_lr instead (muon.py).
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if name == "muon":
+        hidden = muon.hidden_matrices(model)
+        groups = [
+            {"params": [p for n, p in named if n in hidden], "weight_decay": weight_decay, "muon": True,
+             "lr_scale": muon_lr / lr},
+            {"params": [p for n, p in named if n not in hidden and p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return muon.MuonAdamW(groups, lr=lr)
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for _, p in named if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0},
     ]
     # betas (0.9, 0.95) as GPT-3 and nanoGPT train; fused kernels only exist for CUDA tensors.
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device_type == "cuda")
@@ -307,6 +364,33 @@ def estimate_loss(model, token_data, batch_size, eval_iters, device, autocast, s
     return out
 
 
+@torch.no_grad()
+def evaluate_stream(model, tokens: np.ndarray, batch_size: int, device, autocast=contextlib.nullcontext) -> float:
+    """Mean loss (nats) of predicting every token of the stream after the first, each exactly once.
+
+    The stream is cut into non-overlapping windows of block_size (the last one shorter), so the
+    figure covers the whole split, unlike estimate_loss's random batches; each window starts
+    without context, as in nanoGPT's and llm.c's validation.
+    """
+    model.eval()
+    block = model.config.block_size
+    total, count = 0.0, 0
+    starts = list(range(0, len(tokens) - 1, block))
+    full = [s for s in starts if s + block + 1 <= len(tokens)]
+    batches = [full[i : i + batch_size] for i in range(0, len(full), batch_size)]
+    batches += [[s] for s in starts[len(full):]]  # the shorter tail window
+    for group in tqdm(batches, desc="evaluating", unit=" batches", leave=False):
+        length = min(block, len(tokens) - 1 - group[0])
+        blocks = torch.from_numpy(np.stack([tokens[s : s + length + 1] for s in group]).astype(np.int64))
+        x, y = blocks[:, :-1].to(device), blocks[:, 1:].to(device)  # (B, T) each
+        with autocast():
+            logits, _ = model(x)
+        total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        count += y.numel()
+    model.train()
+    return total / max(count, 1)
+
+
 def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None) -> int:
     stop = stop or GracefulStop()
     torch.manual_seed(args.seed)
@@ -351,8 +435,8 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
     )
     raw_model = GPT(config).to(device)
     model = torch.compile(raw_model) if args.compile else raw_model  # checkpoints save raw_model
-    optimizer = make_optimizer(raw_model, args.lr, args.weight_decay, device.type)
-    dtype = amp_dtype(device.type, device.type == "cuda" and torch.cuda.is_bf16_supported(), args.amp)
+    optimizer = make_optimizer(raw_model, args.lr, args.weight_decay, device.type, args.optimizer, args.muon_lr)
+    dtype = amp_dtype(device.type, bf16_supported(device), args.amp, args.cpu_bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def autocast():
@@ -391,6 +475,7 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
             "rng": rng_state(gen),
             "corpus_fingerprint": fingerprint,
             "skipped_steps": skipped.total,
+            "train_time": clock() - t0,  # seconds trained so far, resumes included, for --max_time
             "args": vars_for_log(args),
             "tokenizer_path": str(tok_path),
             **spm.checkpoint_fields(tok),
@@ -403,10 +488,13 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
 
     bar = tqdm(range(start, args.max_steps), initial=start, total=args.max_steps, desc="training",
                unit=" steps", dynamic_ncols=True)
-    t0 = time.perf_counter()
+    # Training time of earlier runs of this checkpoint counts against --max_time too.
+    t0 = clock() - (resume_state.get("train_time", 0.0) if resume_state is not None else 0.0)
+    t_start, done = clock(), start
     stop.arm()  # from here a first Ctrl-C lets the step finish and saves
     for step in bar:
-        lr = args.lr * (lr_factor(step, args.warmup_steps, args.max_steps, args.min_lr_factor) if args.use_cosine else 1.0)
+        factor = lr_factor(step, args.warmup_steps, args.max_steps, args.min_lr_factor, clock() - t0, args.max_time)
+        lr = args.lr * (factor if args.use_cosine else 1.0)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=device)
@@ -438,15 +526,17 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
             )
 
         done = step + 1
-        tok_s = (done - start) * tokens_per_step / (time.perf_counter() - t0)
+        elapsed = clock() - t0
+        finished = budget_spent(done, args.max_steps, elapsed, args.max_time)
+        tok_s = (done - start) * tokens_per_step / max(clock() - t_start, 1e-9)
         postfix = dict(loss=f"{loss_sum.item() / args.grad_accum_steps:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
         if skipped.total:
             postfix["skipped"] = skipped.total
         bar.set_postfix(postfix, refresh=False)
-        seen = dict(step=done, tokens=done * tokens_per_step, elapsed=round(time.perf_counter() - t0, 3), lr=lr, tok_s=round(tok_s, 1))
+        seen = dict(step=done, tokens=done * tokens_per_step, elapsed=round(elapsed, 3), lr=lr, tok_s=round(tok_s, 1))
         if done % args.log_interval == 0:
             log.write("train", **seen, loss=loss_sum.item() / args.grad_accum_steps)
-        if done % args.eval_interval == 0 or done == args.max_steps:
+        if done % args.eval_interval == 0 or finished:
             losses = estimate_loss(model, token_data, args.batch_size, args.eval_iters, device, autocast, args.seed + 1)
             bpb = data.bits_per_byte(losses["val"], len(token_data.val), val_bytes)
             is_best = math.isfinite(losses["val"]) and losses["val"] < best_val  # a NaN model is never "best"
@@ -473,9 +563,13 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
             print(f"stopped by {stop.signal_name} at step {done}; continue with: "
                   f"python {shlex.quote(script)} --resume {shlex.quote(str(last_path))}")
             return stop.exit_code
+        if finished:
+            break
     bar.close()
     draw_plot(log.path)
-    print(f"done in {time.perf_counter() - t0:.0f}s; best val loss {best_val:.4f}; "
+    if done < args.max_steps:
+        print(f"time budget of {args.max_time:.0f}s spent after {done} of {args.max_steps} steps")
+    print(f"done in {clock() - t0:.0f}s; best val loss {best_val:.4f}; "
           f"sample with: python sample_bpe.py --ckpt {args.out_dir / BEST_NAME}")
     return 0
 
