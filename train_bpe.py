@@ -2,6 +2,7 @@
 
     python train_bpe.py --preset cpu                       # bundled Shakespeare, a few minutes on a laptop
     python train_bpe.py --data_dir ~/notes --use_cosine    # a folder of text and code, recursively
+    torchrun --standalone --nproc_per_node=4 train_bpe.py --data_dir ~/notes   # 4 GPUs, one process each
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import difflib
 import math
 import shlex
+import signal
 import sys
 import textwrap
 import time
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
+import distributed
 import metrics
 import muon
 import resume
@@ -58,6 +61,7 @@ EXAMPLES = """examples:
   python train_bpe.py --resume out/mini_gpt_last.pt --max_steps 8000   # ... and train longer
   python train_bpe.py --preset cpu --tokenizer_type sentencepiece   # SentencePiece instead of byte-level BPE
   python train_bpe.py --plot_only metrics.jsonl                     # redraw loss.png from a run's metrics
+  torchrun --standalone --nproc_per_node=4 train_bpe.py --data_dir ~/my-corpus --use_cosine   # 4 GPUs
 """
 
 
@@ -138,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch_size", type=int, default=128, help="sequences per micro-batch")
     g.add_argument("--grad_accum_steps", type=int, default=2,
-                   help="micro-batches per optimizer step; effective batch = batch_size x this")
+                   help="micro-batches per optimizer step; effective batch = batch_size x this x processes")
     g.add_argument("--max_steps", type=int, default=5000, help="optimizer steps to train for")
     g.add_argument("--max_time", type=duration_arg, default=None,
                    help="stop after this much training time, seconds or H:MM:SS (the cosine then ends "
@@ -166,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "AMX); several times the fp32 matmul rate there; ignored elsewhere")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the model (faster steps after a slow first one)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    g.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda, cuda:N or mps (under torchrun: auto, cuda or cpu; each process takes cuda:LOCAL_RANK)")
     g.add_argument("--seed", type=int, default=42, help="random seed for weights and batches")
 
     g = p.add_argument_group("evaluation and output")
@@ -391,17 +396,22 @@ def evaluate_stream(model, tokens: np.ndarray, batch_size: int, device, autocast
     return total / max(count, 1)
 
 
-def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None) -> int:
+def run(args, world: distributed.World, resume_state: dict | None = None, stop: GracefulStop | None = None) -> int:
     stop = stop or GracefulStop()
-    torch.manual_seed(args.seed)
-    device = resolve_device(args.device)
-    # Fail now, not after an hour of training: room for best + last + the temporary file of a save.
-    check_out_dir(args.out_dir, 3 * checkpoint_bytes(args), names=(BEST_NAME, LAST_NAME))
-    if resume_state is None and args.tokenizer is None:
-        check_writable(args.tokenizer_path.parent, "--tokenizer_path", args.tokenizer_path)
-    for stale in remove_stale_temps(args.out_dir, (BEST_NAME, LAST_NAME)):
-        print(f"removed {stale}, left by a run that was killed while saving")
+    torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also copies rank 0's)
+    device = world.device
+    if world.is_main:
+        # Fail now, not after an hour of training: room for best + last + the temporary file of a save.
+        check_out_dir(args.out_dir, 3 * checkpoint_bytes(args), names=(BEST_NAME, LAST_NAME))
+        if resume_state is None and args.tokenizer is None:
+            check_writable(args.tokenizer_path.parent, "--tokenizer_path", args.tokenizer_path)
+        for stale in remove_stale_temps(args.out_dir, (BEST_NAME, LAST_NAME)):
+            print(f"removed {stale}, left by a run that was killed while saving")
 
+    # Under torchrun rank 0 prepares the data first; the other ranks wait here for the path of the tokenizer
+    # it saved, then read the same files: that tokenizer and the token cache it built, which they find valid
+    # and reuse. (If rank 0 fails, torchrun stops the ranks still waiting.)
+    main_tok_path = None if world.is_main else Path(world.broadcast(None))
     data_file = args.data_file if args.data_file or args.data_dir else DEFAULT_DATA_FILE
     corpus = data.scan_corpus(data_file=data_file, data_dir=args.data_dir)
     print(corpus.summary())
@@ -410,6 +420,8 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
             print(f"  {reason}: {path}")
     if resume_state is not None:
         tok, tok_path = resume.checkpoint_tokenizer(args, resume_state)
+    elif main_tok_path is not None:
+        tok, tok_path = load_rank_tokenizer(main_tok_path, world.rank), main_tok_path
     else:
         tok, tok_path = prepare_tokenizer(args, corpus)
     # A new cache replaces the old one only if these checks pass: a mistyped corpus keeps the right cache.
@@ -424,6 +436,8 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
             )
     print(cache.message())
     tok_path = tok_path or save_tokenizer(args, tok)
+    if world.is_main:
+        world.broadcast(str(tok_path))  # lets the other ranks go
     val_bytes = token_data.val_bytes
     print(f"tokenizer: {tok.get_vocab_size()} tokens ({tok_path}); dataset: "
           f"{len(token_data.train) + len(token_data.val):,} tokens, "
@@ -435,6 +449,9 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
     )
     raw_model = GPT(config).to(device)
     model = torch.compile(raw_model) if args.compile else raw_model  # checkpoints save raw_model
+    model = world.wrap(model)  # DDP under torchrun (averages gradients across ranks); unchanged otherwise
+    if world.rank:  # other dropout masks on every rank; rank 0 keeps the stream of a single process
+        torch.manual_seed(world.rank_seed(args.seed))
     optimizer = make_optimizer(raw_model, args.lr, args.weight_decay, device.type, args.optimizer, args.muon_lr)
     dtype = amp_dtype(device.type, bf16_supported(device), args.amp, args.cpu_bf16)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -448,31 +465,41 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~free speed on Ampere and later
         torch.backends.cudnn.allow_tf32 = True
 
-    tokens_per_step = args.batch_size * args.grad_accum_steps * args.block_size
+    sequences_per_step = args.batch_size * args.grad_accum_steps * world.size
+    tokens_per_step = sequences_per_step * args.block_size
+    ranks = f" x {world.size} processes" if world.enabled else ""
     print(format_config(args))
     print(f"device: {device}, precision: {dtype or torch.float32}, parameters: {raw_model.num_params() / 1e6:.2f}M, "
-          f"effective batch: {args.batch_size} x {args.grad_accum_steps} = {args.batch_size * args.grad_accum_steps} "
+          f"effective batch: {args.batch_size} x {args.grad_accum_steps}{ranks} = {sequences_per_step} "
           f"sequences ({tokens_per_step:,} tokens) per step")
 
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(world.rank_seed(args.seed))  # each rank draws different batches
     start, best_val = 0, float("inf")
     if resume_state is not None:
+        resume_state["rng"], note = world.rng_for_resume(resume_state, fresh=rng_state(gen))
+        if note:
+            print(f"note: {note}")
         start, best_val = resume.restore_training_state(resume_state, args.resume, raw_model, optimizer, scaler, gen)
     skipped = SkippedSteps(args.max_bad_steps)
     last_path = args.out_dir / LAST_NAME
     saved_step = start if resume_state is not None else None  # the step mini_gpt_last.pt holds
-    log = metrics.MetricsLog(args.out_dir / metrics.METRICS_NAME)
+    log = metrics.MetricsLog(args.out_dir / metrics.METRICS_NAME if world.is_main else None)  # one writer
     log.write("start", step=start, tokens_per_step=tokens_per_step, config=vars_for_log(args))
 
     def save(path: Path, step: int) -> None:
+        rngs = world.gather(rng_state(gen))  # every rank's random streams, so that a resume under DDP is exact
+        if not world.is_main:  # every rank holds the same weights; one writer
+            return
         state = {
             "model": raw_model.state_dict(),
             "config": asdict(config),
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "step": step,
+            "world_size": world.size,
             "best_val_loss": best_val,
-            "rng": rng_state(gen),
+            "rng": rngs[0],
+            **({"rng_ranks": rngs} if world.enabled else {}),
             "corpus_fingerprint": fingerprint,
             "skipped_steps": skipped.total,
             "train_time": clock() - t0,  # seconds trained so far, resumes included, for --max_time
@@ -493,25 +520,30 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
     t_start, done = clock(), start
     stop.arm()  # from here a first Ctrl-C lets the step finish and saves
     for step in bar:
-        factor = lr_factor(step, args.warmup_steps, args.max_steps, args.min_lr_factor, clock() - t0, args.max_time)
+        # Under torchrun every rank uses the same (slowest) clock, or their learning rates and stops would differ.
+        factor = lr_factor(step, args.warmup_steps, args.max_steps, args.min_lr_factor, world.max(clock() - t0),
+                           args.max_time)
         lr = args.lr * (factor if args.use_cosine else 1.0)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=device)
-        for _ in range(args.grad_accum_steps):
+        for micro_step in range(args.grad_accum_steps):
             x, y = token_data.get_batch("train", args.batch_size, gen)
             if device.type == "cuda":
                 x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
             else:
                 x, y = x.to(device), y.to(device)
-            with autocast():
-                _, loss = model(x, y)
-            loss_sum += loss.detach()
-            scaler.scale(loss / args.grad_accum_steps).backward()  # mean over the effective batch
+            with world.grad_sync(model, sync=micro_step == args.grad_accum_steps - 1):
+                with autocast():
+                    _, loss = model(x, y)
+                loss_sum += loss.detach()
+                # mean over the micro-steps here; DDP's all-reduce then averages over the ranks
+                scaler.scale(loss / args.grad_accum_steps).backward()
         scaler.unscale_(optimizer)  # a no-op without fp16 scaling
         grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.grad_clip or math.inf)
         # A NaN/inf loss or gradient would poison the weights and Adam's moments: skip the step instead.
         loss_ok, grads_ok = torch.stack([loss_sum, grad_norm]).isfinite().tolist()  # one device sync
+        loss_ok = world.all(loss_ok)  # gradients are averaged, losses are not: every rank skips together
         if skipped.record(loss_ok, grads_ok, scaler.is_enabled()):
             scaler.step(optimizer)
         scaler.update()
@@ -526,7 +558,7 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
             )
 
         done = step + 1
-        elapsed = clock() - t0
+        elapsed = world.max(clock() - t0)
         finished = budget_spent(done, args.max_steps, elapsed, args.max_time)
         tok_s = (done - start) * tokens_per_step / max(clock() - t_start, 1e-9)
         postfix = dict(loss=f"{loss_sum.item() / args.grad_accum_steps:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
@@ -537,7 +569,9 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
         if done % args.log_interval == 0:
             log.write("train", **seen, loss=loss_sum.item() / args.grad_accum_steps)
         if done % args.eval_interval == 0 or finished:
-            losses = estimate_loss(model, token_data, args.batch_size, args.eval_iters, device, autocast, args.seed + 1)
+            losses = estimate_loss(model, token_data, args.batch_size, args.eval_iters, device, autocast,
+                                   world.rank_seed(args.seed + 1))
+            losses = {split: world.mean(loss) for split, loss in losses.items()}  # every rank agrees on "best"
             bpb = data.bits_per_byte(losses["val"], len(token_data.val), val_bytes)
             is_best = math.isfinite(losses["val"]) and losses["val"] < best_val  # a NaN model is never "best"
             best_val = min(best_val, losses["val"]) if is_best else best_val
@@ -553,29 +587,36 @@ def run(args, resume_state: dict | None = None, stop: GracefulStop | None = None
                     save(args.out_dir / BEST_NAME, done)
             else:
                 tqdm.write(f"step {done}: the weights are not finite; not saving over {last_path}")
-        if stop.stop_requested and done < args.max_steps:
+        signum = world.agreed_signal(stop.signum)  # under torchrun every rank stops after the same step
+        if signum and done < args.max_steps:
             if saved_step != done and finite_weights(raw_model):
                 save(last_path, done)
             bar.close()
             draw_plot(log.path)
             # The script as it was started (e.g. src/train_bpe.py), so the command works from the same folder.
             script = sys.argv[0] if Path(sys.argv[0]).name == "train_bpe.py" else "train_bpe.py"
-            print(f"stopped by {stop.signal_name} at step {done}; continue with: "
-                  f"python {shlex.quote(script)} --resume {shlex.quote(str(last_path))}")
-            return stop.exit_code
+            print(f"stopped by {signal.Signals(signum).name} at step {done}; continue with: "
+                  f"{world.launcher()} {shlex.quote(script)} --resume {shlex.quote(str(last_path))}")
+            # No rank leaves before rank 0 is done: torchrun stops the remaining ranks once one has exited.
+            world.barrier()
+            return 128 + signum  # as a shell reports a process ended by the signal: 130 for SIGINT, 143 SIGTERM
         if finished:
             break
     bar.close()
     draw_plot(log.path)
     if done < args.max_steps:
         print(f"time budget of {args.max_time:.0f}s spent after {done} of {args.max_steps} steps")
+    if world.enabled:
+        print(world.compare_weights(raw_model))
     print(f"done in {clock() - t0:.0f}s; best val loss {best_val:.4f}; "
           f"sample with: python sample_bpe.py --ckpt {args.out_dir / BEST_NAME}")
     return 0
 
 
-def draw_plot(metrics_path: Path) -> None:
+def draw_plot(metrics_path: Path | None) -> None:
     """loss.png beside the metrics file, or one line on how to get it when matplotlib is missing."""
+    if metrics_path is None:  # a DDP rank other than 0: it keeps no metrics
+        return
     if not metrics.have_matplotlib():
         print(f"{metrics.PLOT_HINT}; the numbers are in {metrics_path}")
         return
@@ -601,27 +642,57 @@ def vars_for_log(args) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
 
+def load_rank_tokenizer(path: Path, rank: int):
+    """The tokenizer rank 0 saved, as another rank reads it (on another node it must be on shared storage)."""
+    if not path.is_file():
+        raise data.DataError(
+            f"rank {rank} cannot read the tokenizer rank 0 saved at {path}: on several nodes, put --out_dir, "
+            f"--tokenizer_path and the corpus on storage every node shares (same path)"
+        )
+    return data.load_tokenizer(path)
+
+
+def load_resume_state(args, argv) -> dict | None:
+    """The --resume checkpoint, with the flags not typed now taken from it (None without --resume)."""
+    if args.resume is None:
+        return None
+    path = Path(args.resume) if args.resume else args.out_dir / LAST_NAME
+    given = resume.explicit_flags(build_parser(), argv)
+    state = resume.load_for_resume(args, path, given, resume.path_flags(build_parser()))
+    problem = check_args(args)
+    if problem:
+        raise CheckpointError(f"{problem} (after taking the other flags from --resume {args.resume})")
+    return state
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    rank = distributed.env_rank()  # set by torchrun; 0 for a single process
+    with distributed.quiet(rank != 0):  # every rank parses the same flags: rank 0 reports a mistake
+        args = parse_args(argv)
     if args.plot_only:
         return plot_only(args.plot_only)
+    world = None
     with GracefulStop() as stop:
         try:
-            resume_state = None
-            if args.resume is not None:
-                path = Path(args.resume) if args.resume else args.out_dir / LAST_NAME
-                given = resume.explicit_flags(build_parser(), argv)
-                resume_state = resume.load_for_resume(args, path, given, resume.path_flags(build_parser()))
-                problem = check_args(args)
-                if problem:
-                    raise CheckpointError(f"{problem} (after taking the other flags from --resume {args.resume})")
-            return run(args, resume_state, stop)
-        except (data.DataError, CheckpointError, TrainingDiverged) as exc:
-            print(f"train_bpe.py: error: {exc}", file=sys.stderr)
+            with distributed.quiet(rank != 0):  # ... and reads the same checkpoint
+                resume_state = load_resume_state(args, argv)
+                world = distributed.setup(args.device, resolve_device)
+            with world.quiet():  # rank 0 speaks for the job; the others print nothing unless they fail
+                return run(args, world, resume_state, stop)
+        except (data.DataError, CheckpointError, distributed.DistributedError, TrainingDiverged) as exc:
+            # Before the process group exists, and for a diverged run, every rank fails alike: rank 0 reports.
+            # Later, rank 0 has prepared the data before the others start, so another rank's error is its own.
+            if rank == 0 or (world is not None and not isinstance(exc, TrainingDiverged)):
+                where = f" on rank {rank}" if rank else ""
+                print(f"train_bpe.py: error{where}: {exc}", file=sys.stderr)
             return 2
         except StopNow as exc:
-            print(f"\ntrain_bpe.py: stopped at once by {exc}; files were left as they were", file=sys.stderr)
+            if rank == 0:
+                print(f"\ntrain_bpe.py: stopped at once by {exc}; files were left as they were", file=sys.stderr)
             return 128 + exc.signum
+        finally:
+            if world is not None:
+                world.cleanup()
 
 
 def plot_only(metrics_path: Path) -> int:
