@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                    help="torch.compile the model (faster steps after a slow first one)")
     g.add_argument("--device", default="auto",
-                   help="auto, cpu, cuda, cuda:N or mps (under torchrun: auto, cuda or cpu; each process takes cuda:LOCAL_RANK)")
+                   help="auto, cpu, cuda, cuda:N or mps; under torchrun auto, cuda (one GPU per process) or cpu")
     g.add_argument("--seed", type=int, default=42, help="random seed for weights and batches")
 
     g = p.add_argument_group("evaluation and output")
