@@ -170,7 +170,9 @@ def test_sigterm_on_one_rank_saves_once_and_stops_every_rank(tiny_file, tmp_path
         stdout, stderr = proc.communicate(timeout=60)
     stopped = re.findall(r"stopped by SIGTERM at step (\d+); continue with: torchrun .* --resume ", stdout)
     assert len(stopped) == 1, stderr[-3000:]
-    assert stderr.count("exitcode  : 143") == 2  # both ranks ended as a SIGTERM'd process does, none hung
+    # Both ranks ended by SIGTERM, none hung or crashed: 143 is our exit code; -15 is a rank that torchrun
+    # signalled itself once the other had exited, while it was already leaving after the save.
+    assert len(re.findall(r"exitcode  : (?:143|-15) ", stderr)) == 2, stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == [LAST_NAME, "tok.json"]  # one checkpoint, no temp file
     state = load_checkpoint(out / LAST_NAME)
     assert state["step"] == int(stopped[0]) > 0
