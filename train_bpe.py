@@ -421,11 +421,17 @@ def run(args, world: distributed.World, resume_state: dict | None = None, stop: 
     if resume_state is not None:
         tok, tok_path = resume.checkpoint_tokenizer(args, resume_state)
     elif main_tok_path is not None:
-        tok, tok_path = load_rank_tokenizer(main_tok_path, world.rank), main_tok_path
+        tok, tok_path = load_rank_tokenizer(main_tok_path), main_tok_path
     else:
         tok, tok_path = prepare_tokenizer(args, corpus)
     # A new cache replaces the old one only if these checks pass: a mistyped corpus keeps the right cache.
-    with token_cache.reuse_or_encode(corpus, tok, args.cache_dir or args.out_dir / "token_cache") as cache:
+    cache_dir = args.cache_dir or args.out_dir / "token_cache"
+    with token_cache.reuse_or_encode(corpus, tok, cache_dir) as cache:
+        if not world.is_main and not cache.reused:  # rank 0 has just built it: we must be on other storage
+            raise data.DataError(
+                f"the token cache rank 0 built in {cache_dir} is not valid for this rank ({cache.reason}): "
+                f"on several nodes, put --out_dir (or --cache_dir) on storage every node shares (same path)"
+            )
         token_data = cache.token_data(args.block_size)
         fingerprint = resume.corpus_fingerprint(token_data)
         if resume_state is not None and fingerprint != resume_state["corpus_fingerprint"]:
@@ -642,11 +648,11 @@ def vars_for_log(args) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
 
-def load_rank_tokenizer(path: Path, rank: int):
+def load_rank_tokenizer(path: Path):
     """The tokenizer rank 0 saved, as another rank reads it (on another node it must be on shared storage)."""
     if not path.is_file():
         raise data.DataError(
-            f"rank {rank} cannot read the tokenizer rank 0 saved at {path}: on several nodes, put --out_dir, "
+            f"cannot read the tokenizer rank 0 saved at {path}: on several nodes, put --out_dir, "
             f"--tokenizer_path and the corpus on storage every node shares (same path)"
         )
     return data.load_tokenizer(path)

@@ -77,7 +77,8 @@ def test_ranks_end_with_the_weights_of_the_checkpoint(ddp_run):
 
 def test_ddp_writes_one_checkpoint_set_without_module_prefix(ddp_run):
     out, _ = ddp_run
-    assert sorted(p.name for p in out.iterdir()) == sorted([BEST_NAME, LAST_NAME, "tok.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([BEST_NAME, LAST_NAME, "tok.json", "token_cache"])
+    assert sorted(p.name for p in (out / "token_cache").iterdir()) == ["tokens.bin", "tokens.json"]
     state = load_checkpoint(out / LAST_NAME)
     assert state["step"] == 30 and state["world_size"] == 2 and len(state["rng_ranks"]) == 2
     GPT(GPTConfig(**state["config"])).load_state_dict(state["model"])  # strict: no "module." keys
@@ -173,7 +174,7 @@ def test_sigterm_on_one_rank_saves_once_and_stops_every_rank(tiny_file, tmp_path
     # Both ranks ended by SIGTERM, none hung or crashed: 143 is our exit code; -15 is a rank that torchrun
     # signalled itself once the other had exited, while it was already leaving after the save.
     assert len(re.findall(r"exitcode  : (?:143|-15) ", stderr)) == 2, stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == [LAST_NAME, "tok.json"]  # one checkpoint, no temp file
+    assert sorted(p.name for p in out.iterdir()) == [LAST_NAME, "tok.json", "token_cache"]  # no temp file
     state = load_checkpoint(out / LAST_NAME)
     assert state["step"] == int(stopped[0]) > 0
 
