@@ -33,6 +33,10 @@ class DistributedError(Exception):
     """A launch the trainer cannot run under (bad torchrun environment, device mismatch): one line."""
 
 
+class RankZeroFailed(Exception):
+    """Rank 0 stopped while this rank waited for it; rank 0 has already said why."""
+
+
 @dataclass(frozen=True)
 class World:
     """This process's place in the job and its device. Single process: rank 0 of 1, no process group."""
@@ -65,6 +69,17 @@ class World:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def wait_for_main(self):
+        """On ranks other than 0: waits for rank 0's broadcast and returns its value.
+
+        If rank 0 fails first (a bad corpus, say), gloo reports the closed connection as a RuntimeError;
+        that becomes RankZeroFailed so this rank exits quietly. (NCCL ranks wait until torchrun stops them.)
+        """
+        try:
+            return self.broadcast(None)
+        except RuntimeError:
+            raise RankZeroFailed() from None
 
     def gather(self, value) -> list:
         """Every rank's value (any picklable object), in rank order, on every rank."""

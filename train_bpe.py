@@ -61,7 +61,7 @@ EXAMPLES = """examples:
   python train_bpe.py --resume out/mini_gpt_last.pt --max_steps 8000   # ... and train longer
   python train_bpe.py --preset cpu --tokenizer_type sentencepiece   # SentencePiece instead of byte-level BPE
   python train_bpe.py --plot_only metrics.jsonl                     # redraw loss.png from a run's metrics
-  torchrun --standalone --nproc_per_node=4 train_bpe.py --data_dir ~/my-corpus --use_cosine   # 4 GPUs
+  python -m torch.distributed.run --standalone --nproc_per_node=4 train_bpe.py --use_cosine   # torchrun, 4 GPUs
 """
 
 
@@ -411,7 +411,7 @@ def run(args, world: distributed.World, resume_state: dict | None = None, stop: 
     # Under torchrun rank 0 prepares the data first; the other ranks wait here for the path of the tokenizer
     # it saved, then read the same files: that tokenizer and the token cache it built, which they find valid
     # and reuse. (If rank 0 fails, torchrun stops the ranks still waiting.)
-    main_tok_path = None if world.is_main else Path(world.broadcast(None))
+    main_tok_path = None if world.is_main else Path(world.wait_for_main())
     data_file = args.data_file if args.data_file or args.data_dir else DEFAULT_DATA_FILE
     corpus = data.scan_corpus(data_file=data_file, data_dir=args.data_dir)
     print(corpus.summary())
@@ -655,7 +655,7 @@ def load_rank_tokenizer(path: Path):
             f"cannot read the tokenizer rank 0 saved at {path}: on several nodes, put --out_dir, "
             f"--tokenizer_path and the corpus on storage every node shares (same path)"
         )
-    return data.load_tokenizer(path)
+    return spm.load_any(path)
 
 
 def load_resume_state(args, argv) -> dict | None:
@@ -691,6 +691,8 @@ def main(argv=None) -> int:
             if rank == 0 or (world is not None and not isinstance(exc, TrainingDiverged)):
                 where = f" on rank {rank}" if rank else ""
                 print(f"train_bpe.py: error{where}: {exc}", file=sys.stderr)
+            return 2
+        except distributed.RankZeroFailed:
             return 2
         except StopNow as exc:
             if rank == 0:

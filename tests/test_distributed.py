@@ -193,6 +193,7 @@ def test_rank0_failure_stops_every_rank_with_one_message(tmp_path):
     proc = torchrun("--data_file", tmp_path / "missing.txt", "--out_dir", tmp_path, *DDP_ARGS)
     assert proc.returncode != 0
     assert proc.stderr.count("train_bpe.py: error: --data_file") == 1
+    assert "[rank1]" not in proc.stderr  # the waiting rank leaves without a traceback of its own
 
 
 def test_single_process_creates_no_process_group():
