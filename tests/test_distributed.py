@@ -148,6 +148,18 @@ def test_resume_under_ddp_continues_exactly(one_step_run, ddp_run):
     assert weight_digests(proc.stdout) == weight_digests(ddp_run[1])
 
 
+def test_time_budget_gives_every_rank_the_same_clock(tiny_file, tmp_path):
+    """--max_time drives the cosine and the stop from the clock; the ranks agree on it, so they end together
+    with identical weights (with one clock each, their learning rates would differ)."""
+    proc = torchrun("--data_file", tiny_file, "--tokenizer_path", tmp_path / "tok.json", "--out_dir", tmp_path,
+                    *DDP_ARGS, "--use_cosine", "--max_steps", "100000", "--max_time", "2", "--eval_interval", "100000",
+                    "--eval_iters", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "time budget of 2s spent" in proc.stdout
+    first, second = weight_digests(proc.stdout)
+    assert first == second
+
+
 def rank_pid(parent: int, rank: int) -> int:
     """The pid of the worker torchrun (pid parent) started with RANK=rank."""
     for proc in Path("/proc").iterdir():
