@@ -47,7 +47,7 @@ clock = time.perf_counter  # the training loop's clock; tests replace it to fake
 # with the cosine ending on time. Any flag given explicitly overrides its preset value.
 PRESETS = {
     "cpu": dict(
-        vocab_size=2048, n_layer=4, n_head=4, n_embed=128, block_size=256, dropout=0.0,
+        vocab_size=4096, n_layer=4, n_head=4, n_embed=128, block_size=256, dropout=0.0,
         batch_size=8, grad_accum_steps=1, max_steps=100_000, max_time=134.0, warmup_steps=100, lr=2e-3,
         optimizer="muon", cpu_bf16=True, eval_interval=250, eval_iters=20, use_cosine=True,
     ),
@@ -396,18 +396,8 @@ def evaluate_stream(model, tokens: np.ndarray, batch_size: int, device, autocast
     return total / max(count, 1)
 
 
-def run(args, world: distributed.World, resume_state: dict | None = None, stop: GracefulStop | None = None) -> int:
-    stop = stop or GracefulStop()
-    torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also copies rank 0's)
-    device = world.device
-    if world.is_main:
-        # Fail now, not after an hour of training: room for best + last + the temporary file of a save.
-        check_out_dir(args.out_dir, 3 * checkpoint_bytes(args), names=(BEST_NAME, LAST_NAME))
-        if resume_state is None and args.tokenizer is None:
-            check_writable(args.tokenizer_path.parent, "--tokenizer_path", args.tokenizer_path)
-        for stale in remove_stale_temps(args.out_dir, (BEST_NAME, LAST_NAME)):
-            print(f"removed {stale}, left by a run that was killed while saving")
-
+def prepare_data(args, world: distributed.World, resume_state: dict | None):
+    """Corpus → tokenizer → token cache, checked against a resumed run: (tok, tok_path, token_data, fingerprint)."""
     # Under torchrun rank 0 prepares the data first; the other ranks wait here for the path of the tokenizer
     # it saved, then read the same files: that tokenizer and the token cache it built, which they find valid
     # and reuse. (If rank 0 fails, torchrun stops the ranks still waiting.)
@@ -444,10 +434,25 @@ def run(args, world: distributed.World, resume_state: dict | None = None, stop: 
     tok_path = tok_path or save_tokenizer(args, tok)
     if world.is_main:
         world.broadcast(str(tok_path))  # lets the other ranks go
-    val_bytes = token_data.val_bytes
     print(f"tokenizer: {tok.get_vocab_size()} tokens ({tok_path}); dataset: "
           f"{len(token_data.train) + len(token_data.val):,} tokens, "
           f"{len(token_data.train):,} train / {len(token_data.val):,} val")
+    return tok, tok_path, token_data, fingerprint
+
+
+def run(args, world: distributed.World, resume_state: dict | None = None, stop: GracefulStop | None = None) -> int:
+    stop = stop or GracefulStop()
+    torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also copies rank 0's)
+    device = world.device
+    if world.is_main:
+        # Fail now, not after an hour of training: room for best + last + the temporary file of a save.
+        check_out_dir(args.out_dir, 3 * checkpoint_bytes(args), names=(BEST_NAME, LAST_NAME))
+        if resume_state is None and args.tokenizer is None:
+            check_writable(args.tokenizer_path.parent, "--tokenizer_path", args.tokenizer_path)
+        for stale in remove_stale_temps(args.out_dir, (BEST_NAME, LAST_NAME)):
+            print(f"removed {stale}, left by a run that was killed while saving")
+
+    tok, tok_path, token_data, fingerprint = prepare_data(args, world, resume_state)
 
     config = GPTConfig(
         vocab_size=tok.get_vocab_size(), block_size=args.block_size, n_layer=args.n_layer,
@@ -578,7 +583,7 @@ def run(args, world: distributed.World, resume_state: dict | None = None, stop: 
             losses = estimate_loss(model, token_data, args.batch_size, args.eval_iters, device, autocast,
                                    world.rank_seed(args.seed + 1))
             losses = {split: world.mean(loss) for split, loss in losses.items()}  # every rank agrees on "best"
-            bpb = data.bits_per_byte(losses["val"], len(token_data.val), val_bytes)
+            bpb = data.bits_per_byte(losses["val"], len(token_data.val), token_data.val_bytes)
             is_best = math.isfinite(losses["val"]) and losses["val"] < best_val  # a NaN model is never "best"
             best_val = min(best_val, losses["val"]) if is_best else best_val
             tqdm.write(f"step {done}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "

@@ -89,8 +89,8 @@ def main(argv=None) -> int:
     result = dict(label=args.label, extra=" ".join(extra), bits_per_byte=round(bpb, 4), steps=steps,
                   tokens_seen=tokens_seen, tokens_per_s=round(tokens_seen / budget), budget_s=budget,
                   clock=args.clock, wall_s=round(wall), cpu_share=round(cpu_share, 2), val_bytes=val_bytes)
-    print(f"\n| lever | setting | bits/byte (full val) | steps | tokens seen | tokens/s | CPU share |\n"
-          f"|---|---|---:|---:|---:|---:|---:|")
+    print("\n| lever | setting | bits/byte (full val) | steps | tokens seen | tokens/s | CPU share |\n"
+          "|---|---|---:|---:|---:|---:|---:|")
     print(f"| {args.label} | {result['extra'] or '-'} | {bpb:.3f} | {steps:,} | {tokens_seen:,} | "
           f"{result['tokens_per_s']:,} | {cpu_share:.2f} |")
     print(f"\nwhole validation split: {val_bytes:,} bytes; training budget {budget:.0f}s ({args.clock} clock), "

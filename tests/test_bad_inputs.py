@@ -4,7 +4,6 @@ The cases run in-process through main(argv); the README's "When an input is wron
 """
 
 import hashlib
-import os
 import random
 import shutil
 from pathlib import Path
@@ -16,7 +15,6 @@ import sample_bpe
 import train_bpe
 from checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint
 from conftest import ROOT, TINY_MODEL_ARGS
-from model import GPT, GPTConfig
 
 CORPUS = (ROOT / "data" / "input.txt").read_text(encoding="utf-8")
 

@@ -5,9 +5,7 @@ import random
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
-import pytest
 
 from checkpoint import load_checkpoint
 from conftest import ROOT, TINY_MODEL_ARGS
