@@ -1,20 +1,27 @@
-"""Self-contained checkpoints: weights, config, optimizer state and the tokenizer itself.
+"""Self-contained checkpoints: weights, config, optimizer state and the tokenizer itself, validated on load.
 
 Everything inside is a tensor or a plain Python value, so ``torch.load(path, weights_only=True)``
-reads it and a checkpoint from a stranger cannot run code. Files are written atomically.
+reads it and a checkpoint from a stranger cannot run code. Files are written atomically. Every reader
+(sampling, resuming, exporting, scoring, ``--init_from``) goes through ``load_checkpoint``, which checks
+the structure once: the format tag, a config that builds a model, weights of that model's shapes and an
+embedded tokenizer that loads; ``check_resumable`` adds the training state a resume needs.
 """
 
 from __future__ import annotations
 
-import os
+import math
 import pickle
 import random
-import shutil
-import tempfile
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
+
+import data
+import tokenizer
+from files import advice, atomic_write, reason
+from model import GPT, GPTConfig
 
 FORMAT = "mini-gpt-bpe"
 FORMAT_VERSION = 1
@@ -26,54 +33,16 @@ class CheckpointError(Exception):
     """A checkpoint that is missing, unsafe, broken or not ours: shown as one line."""
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Calls write(file) on a temporary file beside path, syncs it, then renames it over path.
-
-    A crash at any moment leaves either the old file or the new one, never a torn one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.chmod(tmp, _file_mode(path))  # mkstemp makes it private (0600); give it the usual mode
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
-def _file_mode(path: Path) -> int:
-    """The replaced file's mode, or what open() would give a new file under the current umask."""
-    try:
-        return path.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Writes state atomically; a full disk or a lost folder leaves the previous file and raises CheckpointError."""
+    path = Path(path)
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
+    existed = path.is_file()
     try:
         atomic_write(path, lambda f: torch.save(state, f))
     except OSError as exc:
-        raise CheckpointError(
-            f"could not write {path} ({exc.strerror or exc}); the previous checkpoint there is intact: "
-            f"free some space and resume from it"
-        ) from None
+        kept = "the previous checkpoint there is intact" if existed else "no checkpoint was written"
+        raise CheckpointError(f"could not write {path} ({reason(exc)}); {kept}: {advice(exc)}") from None
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", flag: str = "--ckpt") -> dict:
@@ -93,10 +62,12 @@ def load_checkpoint(path: str | Path, map_location="cpu", flag: str = "--ckpt") 
             f"{where} holds Python objects that could run code; refusing to load it "
             f"(only load checkpoints written by train_bpe.py)"
         ) from None
+    except OSError as exc:
+        raise CheckpointError(f"{where} cannot be read ({reason(exc)})") from None
     except Exception as exc:  # torch's zip and legacy readers raise many kinds of error on garbage
         # torch's own reader errors say what is wrong ("failed finding central directory"); others do not.
-        reason = f": {str(exc).split('. ')[0][:120]}" if isinstance(exc, RuntimeError) else ""
-        raise CheckpointError(f"{where} is unreadable (truncated, or not a PyTorch file{reason})") from None
+        detail = f": {str(exc).split('. ')[0][:120]}" if isinstance(exc, RuntimeError) else ""
+        raise CheckpointError(f"{where} is unreadable (truncated, or not a PyTorch file{detail})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         what = "a bare state_dict" if isinstance(state, dict) and _looks_like_state_dict(state) else "from another program"
         raise CheckpointError(f"{where} is not a train_bpe.py checkpoint ({what}); pass one written by train_bpe.py")
@@ -110,11 +81,93 @@ def load_checkpoint(path: str | Path, map_location="cpu", flag: str = "--ckpt") 
         missing.append(" or ".join(TOKENIZER_KEYS))
     if missing:
         raise CheckpointError(f"{where} is incomplete (missing {', '.join(missing)}): it cannot be used")
+    problem = structure_problem(state)
+    if problem:
+        raise CheckpointError(f"{where} is damaged ({problem}): use another checkpoint")
     return state
 
 
 def _looks_like_state_dict(state: dict) -> bool:
     return bool(state) and all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def model_config(config: dict) -> GPTConfig:
+    """The GPTConfig a checkpoint's config dict describes; ValueError when it describes no valid model."""
+    if not isinstance(config, dict):
+        raise ValueError(f"config is a {type(config).__name__}, not a dict")
+    known = {f.name for f in fields(GPTConfig)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"config has unknown field(s) {', '.join(map(str, unknown))}; a newer version wrote it?")
+    cfg = GPTConfig(**config)
+    cfg.check()
+    return cfg
+
+
+def structure_problem(state: dict) -> str | None:
+    """What is wrong with a checkpoint's config and weights, in a few words, or None."""
+    try:
+        cfg = model_config(state["config"])
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    weights = state["model"]
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return "model is not a dict of tensors"
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        expected = {k: v.shape for k, v in GPT(cfg).state_dict().items()}
+    if set(weights) != set(expected):
+        extra, lacking = sorted(set(weights) - set(expected)), sorted(set(expected) - set(weights))
+        return f"weights do not match the config: {'unexpected ' + extra[0] if extra else 'missing ' + lacking[0]}"
+    for name, shape in expected.items():
+        if weights[name].shape != shape:
+            return f"{name} has shape {tuple(weights[name].shape)}, the config needs {tuple(shape)}"
+        if not weights[name].is_floating_point():
+            return f"{name} is not a floating-point tensor"
+    return None
+
+
+def check_resumable(state: dict, path: Path) -> None:
+    """Raises CheckpointError when the training state a resume reads has the wrong kind of value."""
+    expected = {"args": dict, "optimizer": dict, "scaler": dict, "rng": dict, "step": int,
+                "best_val_loss": (int, float), "corpus_fingerprint": str}
+    for key, kind in expected.items():
+        value = state.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(f"--resume {path} is damaged ({key} is {type(value).__name__}); "
+                                  f"it can still be sampled from, or resume another checkpoint")
+    if state["step"] < 0 or not isinstance(state.get("train_time", 0.0), (int, float)):
+        raise CheckpointError(f"--resume {path} is damaged (step {state['step']}): resume another checkpoint")
+    if not (math.isfinite(state["best_val_loss"]) or state["best_val_loss"] == math.inf):
+        raise CheckpointError(f"--resume {path} is damaged (best_val_loss {state['best_val_loss']})")
+
+
+def embedded_tokenizer(state: dict, where: str):
+    """The tokenizer a checkpoint carries; CheckpointError naming where when it is damaged or needs a package."""
+    try:
+        tok = tokenizer.from_checkpoint(state)
+    except data.DataError as exc:  # a SentencePiece checkpoint without the package
+        raise CheckpointError(f"{where}: {exc}") from None
+    except ValueError as exc:
+        raise CheckpointError(f"{where} is damaged ({exc}): use another checkpoint") from None
+    vocab = state["config"]["vocab_size"]
+    if tok.get_vocab_size() > vocab:
+        raise CheckpointError(f"{where} is damaged (its tokenizer has {tok.get_vocab_size()} tokens, the model "
+                              f"{vocab}): use another checkpoint")
+    return tok
+
+
+def load_model(path: str | Path, device="cpu", flag: str = "--ckpt"):
+    """(model in eval mode, tokenizer, special ids, the checkpoint's dict) from one of our checkpoints."""
+    state = load_checkpoint(path, flag=flag)
+    where = f"{flag} {path}"
+    tok = embedded_tokenizer(state, where)
+    try:
+        specials = tokenizer.checkpoint_special_ids(state, tok)
+    except data.DataError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    model = GPT(model_config(state["config"]))
+    model.load_state_dict(state["model"])  # names and shapes were checked by load_checkpoint
+    return model.to(device).eval(), tok, specials, state
 
 
 # --------------------------------------------------------------------------- resumable state
@@ -147,51 +200,3 @@ def restore_rng_state(state: dict, batch_generator: torch.Generator) -> None:
     # then differs from the uninterrupted run, nothing else does.
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
-
-
-# --------------------------------------------------------------------------- output folder
-
-
-def check_writable(folder: Path, flag: str, shown: Path | None = None) -> None:
-    """Creates folder if needed and writes a file in it, or raises CheckpointError naming flag and shown
-    (the path as the user typed it, default folder).
-
-    Checked by really writing (permission bits lie on read-only mounts and for root).
-    """
-    folder, shown = Path(folder), shown or folder
-    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if blocker is not None and not blocker.is_dir():
-        raise CheckpointError(f"{flag} {shown} cannot be created: {blocker} is a file, not a folder; pick another path")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder) as f:
-            f.write(b"x")
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as exc:
-        raise CheckpointError(f"{flag} {shown} is not writable ({exc.strerror or exc}): pick another path") from None
-
-
-def check_out_dir(out_dir: Path, needed_bytes: int, names=()) -> None:
-    """Fails fast when out_dir cannot hold our checkpoints: not creatable, not writable, or too full.
-
-    needed_bytes is the extra space the run will take; existing files in ``names`` are replaced, so
-    their size counts as available.
-    """
-    out_dir = Path(out_dir)
-    check_writable(out_dir, "--out_dir")
-    reusable = sum((out_dir / n).stat().st_size for n in names if (out_dir / n).is_file())
-    free = shutil.disk_usage(out_dir).free + reusable
-    if free < needed_bytes:
-        raise CheckpointError(
-            f"--out_dir {out_dir} has {free / 1e6:,.1f} MB free but checkpoints need about "
-            f"{needed_bytes / 1e6:,.1f} MB: free some space or pick another folder"
-        )
-
-
-def remove_stale_temps(out_dir: Path, names) -> list[Path]:
-    """Deletes temporary files that a killed run left behind while writing one of ``names``."""
-    stale = [p for n in names for p in Path(out_dir).glob(f".{n}.*.tmp")]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale

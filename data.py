@@ -1,9 +1,10 @@
-"""Corpus → byte-level BPE tokenizer → on-disk token cache → random training blocks.
+"""Corpus → tokens → batches: finding corpus files, reading them safely in pieces, encoding, random blocks.
 
 A corpus is one file (``--data_file``) or a folder searched recursively (``--data_dir``).
 Every accepted file is one *document*. Files are read in bounded pieces, encoded in parallel
-batches, each document followed by ``<eos>``, and the ids are appended to a binary array on disk
-that training reads through ``numpy.memmap``: peak memory does not grow with the corpus.
+batches, each document followed by the end-of-text token, and (token_cache.py) the ids are appended
+to a binary array on disk that training reads through ``numpy.memmap``: peak memory does not grow
+with the corpus. The tokenizers themselves live in tokenizer.py.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm import tqdm
 
 # Extensions we read as text. Prose first, then code and config formats.
@@ -35,11 +35,8 @@ ACCEPTED_EXTENSIONS = TEXT_EXTENSIONS + CODE_EXTENSIONS
 
 # Folders that hold tooling output rather than anyone's writing. Hidden folders (".x") are skipped too.
 SKIP_DIRS = frozenset({"node_modules", "__pycache__", "venv", "env", "site-packages", "dist", "build"})
-IGNORED_REASONS = frozenset({"other extension", "ignored folder"})  # not a problem, just not text we read
-
-SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")  # ids 0, 1, 2, 3 (trained first, in this order)
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
-MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte, plus the specials
+OUTPUT_REASON = "output of this run"  # --out_dir, the token cache or the tokenizer inside the corpus folder
+IGNORED_REASONS = frozenset({"other extension", "ignored folder", OUTPUT_REASON})  # not problems, not text we read
 
 VAL_FRACTION = 0.1
 BINARY_SNIFF_BYTES = 8192  # a NUL byte in the first 8 KiB marks a file as binary (as git does)
@@ -142,12 +139,14 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _walk(root: str, corpus: Corpus) -> Iterator[str]:
-    """Every candidate file under root, each real file once.
+def _walk(root: str, corpus: Corpus, excluded: set[tuple[int, int]] = frozenset()) -> Iterator[str]:
+    """Every candidate file under root, each real file once, leaving out the files and folders in excluded
+    ((st_dev, st_ino) keys: the run's own output).
 
     Plain folders are walked first; links are followed afterwards, and only when their target lies
     inside root and was not reached already, so a loop or a link to ``/`` cannot trap or widen the scan.
     """
+    excluded_inodes = {ino for _, ino in excluded}
     root_real = os.path.realpath(root)
     seen_dirs, linked_files = set(), set()  # (st_dev, st_ino) of folders walked, of files reached by a link
     folders, links = [root], []
@@ -159,6 +158,8 @@ def _walk(root: str, corpus: Corpus) -> Iterator[str]:
                 corpus.skip(link, problem)
             elif not _inside(target, root_real):
                 corpus.skip(link, "link outside folder")
+            elif _file_key(link) in excluded:
+                corpus.skip(link, OUTPUT_REASON)
             elif os.path.isdir(link):
                 if _file_key(link) not in seen_dirs:
                     folders.append(link)
@@ -180,7 +181,9 @@ def _walk(root: str, corpus: Corpus) -> Iterator[str]:
             corpus.skip(folder, "unreadable folder")
             continue
         for entry in entries:
-            if entry.is_symlink():
+            if entry.inode() in excluded_inodes and _file_key(entry.path) in excluded:
+                corpus.skip(entry.path, OUTPUT_REASON)
+            elif entry.is_symlink():
                 links.append(entry.path)
             elif entry.is_dir():
                 if _ignored(entry.name):
@@ -209,8 +212,12 @@ def _link_problem(link: str) -> str | None:
     return None
 
 
-def scan_corpus(data_file: str | Path | None = None, data_dir: str | Path | None = None) -> Corpus:
-    """Finds the accepted, readable, non-empty UTF-8 text files of a corpus (one file or a folder tree)."""
+def scan_corpus(data_file: str | Path | None = None, data_dir: str | Path | None = None,
+                exclude: Iterable[str | Path] = ()) -> Corpus:
+    """Finds the accepted, readable, non-empty UTF-8 text files of a corpus (one file or a folder tree).
+
+    Files and folders in exclude (the run's own output, when it lies inside the folder) are left out.
+    """
     corpus = Corpus()
     if data_file is not None:
         path = os.fspath(data_file)
@@ -230,7 +237,8 @@ def scan_corpus(data_file: str | Path | None = None, data_dir: str | Path | None
             raise DataError(f"--data_dir {root} is a file: use --data_file {root} instead")
         corpus.root = root
         candidates = []
-        for path in tqdm(_walk(root, corpus), desc="scanning", unit=" files", leave=False):
+        excluded = {_file_key(p) for p in map(os.fspath, exclude) if os.path.exists(p)}
+        for path in tqdm(_walk(root, corpus, excluded), desc="scanning", unit=" files", leave=False):
             if os.path.splitext(path)[1].lower() not in ACCEPTED_EXTENSIONS:
                 corpus.skip(path, "other extension")
             elif reason := _check_file(path):
@@ -356,61 +364,6 @@ def training_texts(corpus: Corpus, max_bytes: int | None = None) -> Iterator[str
         offset += size
 
 
-def train_tokenizer(corpus: Corpus, vocab_size: int, max_bytes: int | None = None) -> Tokenizer:
-    """Trains a byte-level BPE on a stream of the corpus' text (or its max_bytes sample): every string
-    round-trips exactly, whitespace and emoji included."""
-    if vocab_size < MIN_VOCAB_SIZE:
-        raise DataError(f"--vocab_size {vocab_size} is too small: byte-level BPE needs at least {MIN_VOCAB_SIZE}")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
-        show_progress=False,  # our own bar below counts bytes
-    )
-    total = min(max_bytes or corpus.total_bytes, corpus.total_bytes)
-    bar = tqdm(total=total, desc="training tokenizer", unit="B", unit_scale=True, leave=False)
-
-    def texts() -> Iterator[str]:
-        for text in training_texts(corpus, max_bytes):
-            bar.update(len(text))  # characters: close enough to bytes for a progress bar
-            yield text
-
-    tok.train_from_iterator(texts(), trainer=trainer)
-    bar.close()
-    return tok
-
-
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"--tokenizer {path} does not exist: pass a tokenizer.json or omit the flag to train one")
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as exc:  # the Rust side raises a bare Exception for any parse failure
-        raise DataError(f"--tokenizer {path} is not a Hugging Face tokenizer.json ({exc})") from None
-
-
-def tokenizer_hash(tok: Tokenizer) -> str:
-    return hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
-
-
-def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
-    """UTF-8 bytes each token id stands for (0 for special tokens), for bits-per-byte.
-
-    In a byte-level vocabulary every character of a token's string stands for exactly one byte.
-    """
-    if hasattr(tok, "token_byte_lengths"):  # spm.SentencePieceTokenizer counts its own pieces
-        return tok.token_byte_lengths()
-    lengths = np.zeros(tok.get_vocab_size(), dtype=np.int64)
-    specials = set(SPECIAL_TOKENS)
-    for token, idx in tok.get_vocab().items():
-        lengths[idx] = 0 if token in specials else len(token)
-    return lengths
-
-
 # --------------------------------------------------------------------------- encoding
 
 
@@ -418,11 +371,11 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def encode_pieces(tok: Tokenizer, pieces: Iterable[tuple[str, bool, int]], bar: tqdm | None = None,
+def encode_pieces(tok, pieces: Iterable[tuple[str, bool, int]], eos_id: int, bar: tqdm | None = None,
                   ) -> Iterator[tuple[np.ndarray, list[int]]]:
     """Encodes (text, ends a document, bytes done) pieces in parallel batches of about BATCH_CHARS.
 
-    Yields each batch's ids, with <eos> after every document, and the offsets within the batch where
+    Yields each batch's ids, with eos_id after every document, and the offsets within the batch where
     documents end. The pieces of one document are encoded separately and their ids concatenated, which
     still decodes to the document's exact text (byte-level BPE has no state across pieces).
     """
@@ -433,7 +386,7 @@ def encode_pieces(tok: Tokenizer, pieces: Iterable[tuple[str, bool, int]], bar: 
         encodings = tok.encode_batch_fast(texts, add_special_tokens=False)  # no offsets: faster
         parts, doc_ends, n = [], [], 0
         for enc, ends_doc in zip(encodings, ends):
-            ids = enc.ids + [EOS_ID] if ends_doc else enc.ids
+            ids = enc.ids + [eos_id] if ends_doc else enc.ids
             parts.append(np.array(ids, dtype=dtype))
             n += len(ids)
             if ends_doc:
@@ -455,8 +408,8 @@ def encode_pieces(tok: Tokenizer, pieces: Iterable[tuple[str, bool, int]], bar: 
         yield flush()
 
 
-def encode_corpus(tok: Tokenizer, documents: Iterable[str], num_docs: int | None = None) -> np.ndarray:
-    """All documents' ids, each followed by <eos>, as one in-memory array (for small corpora and tests;
+def encode_corpus(tok, documents: Iterable[str], eos_id: int, num_docs: int | None = None) -> np.ndarray:
+    """All documents' ids, each followed by eos_id, as one in-memory array (for small corpora and tests;
     train_bpe.py goes through the on-disk cache). Gives the same ids as the cache for the same texts."""
 
     def pieces():
@@ -465,7 +418,7 @@ def encode_corpus(tok: Tokenizer, documents: Iterable[str], num_docs: int | None
             for i, part in enumerate(parts):
                 yield part, i == len(parts) - 1, 0
 
-    arrays = [ids for ids, _ in encode_pieces(tok, pieces())]
+    arrays = [ids for ids, _ in encode_pieces(tok, pieces(), eos_id)]
     return np.concatenate(arrays) if arrays else np.zeros(0, dtype=token_dtype(tok.get_vocab_size()))
 
 

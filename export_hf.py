@@ -18,10 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+import cli
 import data
-import spm
-from checkpoint import CheckpointError, load_checkpoint
-from train_bpe import OneLineParser
+import tokenizer
+from checkpoint import CheckpointError, embedded_tokenizer, load_checkpoint
 
 EXAMPLES = """examples:
   python export_hf.py --ckpt bpe_best.pt --out hf_model/
@@ -33,7 +33,6 @@ EXAMPLES = """examples:
 GPT2_FIELDS = {"vocab_size", "block_size", "n_layer", "n_head", "n_embed", "dropout", "bias"}
 # Our layers are nn.Linear (weight: out x in); GPT-2's are Conv1D (weight: in x out), so these are transposed.
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-SPECIAL = dict(zip(("pad_token", "unk_token", "bos_token", "eos_token"), data.SPECIAL_TOKENS))
 OUTPUT_FILES = ("config.json", "generation_config.json", "model.safetensors",
                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -43,7 +42,7 @@ class ExportError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
+    p = cli.OneLineParser(
         prog="export_hf.py", description=__doc__.splitlines()[0], epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -64,7 +63,14 @@ def check_gpt2_compatible(config: dict, ckpt) -> None:
                           f"biases; it cannot be exported as a GPT-2 model")
 
 
-def hf_config(config: dict) -> dict:
+def special_tokens(tok, specials: tokenizer.SpecialIds) -> dict[str, str]:
+    """special_tokens_map.json: the names of the tokenizer's own specials ("<eos>", or GPT-2's "<|endoftext|>")."""
+    ids = {"pad_token": specials.pad, "unk_token": specials.unk, "bos_token": specials.start,
+           "eos_token": specials.eos}
+    return {name: tok.id_to_token(i) for name, i in ids.items() if i is not None}
+
+
+def hf_config(config: dict, specials: tokenizer.SpecialIds) -> dict:
     """config.json for GPT2LMHeadModel: GELU tanh = "gelu_new", LayerNorm eps 1e-5, learned positions."""
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -83,9 +89,7 @@ def hf_config(config: dict) -> dict:
         "scale_attn_weights": True,  # 1/sqrt(head size), as scaled_dot_product_attention
         "tie_word_embeddings": True,
         "initializer_range": 0.02,
-        "pad_token_id": data.PAD_ID,
-        "bos_token_id": data.BOS_ID,
-        "eos_token_id": data.EOS_ID,
+        **generation_ids(specials),
         "use_cache": True,
     }
 
@@ -100,17 +104,23 @@ def hf_state_dict(state_dict: dict) -> dict:
     return out
 
 
-def tokenizer_files(tok, block_size: int) -> dict[str, str]:
+def generation_ids(specials: tokenizer.SpecialIds) -> dict[str, int]:
+    ids = {"bos_token_id": specials.start, "eos_token_id": specials.eos}
+    return ids | ({"pad_token_id": specials.pad} if specials.pad is not None else {})
+
+
+def tokenizer_files(tok, block_size: int, specials: tokenizer.SpecialIds) -> dict[str, str]:
+    names = special_tokens(tok, specials)
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": block_size,
         "clean_up_tokenization_spaces": False,  # byte-level BPE already round-trips exactly
-        **SPECIAL,
+        **names,
     }
     return {
         "tokenizer.json": tok.to_str(),
         "tokenizer_config.json": json.dumps(config, indent=2),
-        "special_tokens_map.json": json.dumps(SPECIAL, indent=2),
+        "special_tokens_map.json": json.dumps(names, indent=2),
     }
 
 
@@ -129,7 +139,8 @@ def export(ckpt, out: Path, overwrite: bool = False) -> Path:
         raise ExportError(f"--out {out} is a file: pass a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"--out {out} is not empty: pass --overwrite to replace the export files in it, or another folder")
-    tok = spm.tokenizer_from_checkpoint(state)
+    tok = embedded_tokenizer(state, f"--ckpt {ckpt}")
+    specials = tokenizer.checkpoint_special_ids(state, tok)
 
     # Everything is written to a temporary folder first, so a failure leaves --out as it was.
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -137,10 +148,9 @@ def export(ckpt, out: Path, overwrite: bool = False) -> Path:
     try:
         save_file(hf_state_dict(state["model"]), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         texts = {
-            "config.json": json.dumps(hf_config(state["config"]), indent=2),
-            "generation_config.json": json.dumps(
-                {"bos_token_id": data.BOS_ID, "eos_token_id": data.EOS_ID, "pad_token_id": data.PAD_ID}, indent=2),
-            **tokenizer_files(tok, state["config"]["block_size"]),
+            "config.json": json.dumps(hf_config(state["config"], specials), indent=2),
+            "generation_config.json": json.dumps(generation_ids(specials), indent=2),
+            **tokenizer_files(tok, state["config"]["block_size"], specials),
         }
         for name, text in texts.items():
             (tmp / name).write_text(text + "\n", encoding="utf-8")

@@ -17,7 +17,7 @@ import json
 import math
 from pathlib import Path
 
-from checkpoint import atomic_write
+from files import OutputError, advice, atomic_write, reason
 
 METRICS_NAME, PLOT_NAME = "metrics.jsonl", "loss.png"
 PLOT_HINT = "install matplotlib (pip install -r requirements-extra.txt) to get loss.png"
@@ -36,23 +36,33 @@ class MetricsLog:
     def write(self, kind: str, **fields) -> None:
         if self.path is None:
             return
-        record = {"kind": kind, **{k: _plain(v) for k, v in fields.items()}}
+        record = _plain({"kind": kind, **fields})
         line = json.dumps(record, allow_nan=False) + "\n"
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+        except OSError as exc:
+            raise OutputError(f"cannot append to {self.path} ({reason(exc)}): {advice(exc)}; the last "
+                              f"checkpoint saved is intact") from None
 
 
 def _plain(value):
-    """JSON has no NaN or infinity: a diverged loss is written as null rather than breaking the file."""
+    """JSON has no NaN or infinity: a diverged loss (at any depth) is written as null, not a broken file."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
     return value
 
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of the latest run: a ``start`` at step s drops earlier records after s (a restart or resume)."""
     path = Path(path)
+    if path.is_dir():
+        raise MetricsError(f"metrics file {path} is a folder: pass the {METRICS_NAME} inside it")
     if not path.is_file():
         raise MetricsError(f"metrics file {path} does not exist: pass the metrics.jsonl a training run wrote")
     records: list[dict] = []

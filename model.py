@@ -25,6 +25,19 @@ class GPTConfig:
     dropout: float = 0.1  # regularisation for small corpora; 0 for large ones or for exact tests
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2 has them
 
+    def check(self) -> None:
+        """Raises ValueError when these values describe no model (every checkpoint is checked with it)."""
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"config {name} is {value!r}, not a positive integer")
+        if self.n_embed % self.n_head:
+            raise ValueError(f"config n_embed {self.n_embed} is not divisible by n_head {self.n_head}")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"config dropout is {self.dropout!r}, not in [0, 1)")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"config bias is {self.bias!r}, not True or False")
+
 
 class KVCache:
     """Keys and values of the tokens seen so far, for every layer: (B, nh, block_size, hs) each."""

@@ -1,66 +1,64 @@
 """Continuing a run from its checkpoint: which flags come from it, which must match, which may change.
 
 A resumed run takes every flag from the checkpoint except those typed on the command line. A typed
-flag that would change the model's shape is an error; any other typed change (``--max_steps``,
-``--eval_interval``, ``--lr``, ...) is allowed and reported.
+flag that would change the model's shape or the tokenizer is an error; any other typed change
+(``--max_steps``, ``--eval_interval``, ``--lr``, ...) is allowed and reported. The merged flags are a
+new namespace: the parsed command line is never written to.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
-import spm
-from checkpoint import CheckpointError, load_checkpoint, restore_rng_state
+import checkpoint as ckpt_io
+import tokenizer
+from checkpoint import CheckpointError
 
-# Typed with a different value, these would give a model (or, for --optimizer, an optimizer state)
-# the checkpoint does not fit.
-FIXED_FLAGS = ("preset", "vocab_size", "n_layer", "n_head", "n_embed", "block_size", "optimizer")
+# Typed with a different value, these would give a model (or, for --optimizer, an optimizer state, and for
+# the tokenizer flags, a token stream) that the checkpoint does not fit: a resumed run keeps its own.
+FIXED_FLAGS = ("preset", "vocab_size", "n_layer", "n_head", "n_embed", "block_size", "optimizer",
+               "tokenizer_type", "tokenizer_path", "tokenizer_train_bytes")
 # One corpus flag typed replaces both: they are mutually exclusive.
 CORPUS_FLAGS = ("data_file", "data_dir")
+# Never taken from a checkpoint: what this command asks for.
+OWN_FLAGS = ("resume", "plot_only")
 # What train_bpe.py must have saved for a run to continue exactly where it stopped.
 RESUME_KEYS = ("args", "optimizer", "scaler", "step", "best_val_loss", "rng", "corpus_fingerprint")
 
-_UNSET = object()
+
+@dataclass(frozen=True)
+class Resume:
+    """The checkpoint a run continues, and which flags the user typed (the rest came from it)."""
+
+    path: Path
+    state: dict
+    typed: frozenset[str]
 
 
-def explicit_flags(parser: argparse.ArgumentParser, argv) -> set[str]:
-    """The flags typed in argv, as dest names; argparse cannot tell a typed default from an untyped one.
+def resume_path(value: str, out_dir: Path, last_name: str) -> Path:
+    """--resume PATH, or --resume alone: the last checkpoint in --out_dir."""
+    return Path(value) if value else Path(out_dir) / last_name
 
-    ``parser`` must be a fresh parser: its defaults are replaced by a marker to see which stay unset.
-    (argparse has no public list of its actions; ``_actions`` has been stable for as long as it exists.)
+
+def merged_flags(defaults: dict, typed: dict, saved: dict, path_flags: set[str],
+                 ckpt: Path) -> tuple[argparse.Namespace, list[str]]:
+    """The flags of a resumed run: typed ones, else the checkpoint's, else today's defaults.
+
+    Returns a new namespace and the typed changes as "--flag old -> new". Raises CheckpointError naming
+    the flag when a typed value would change what the checkpoint holds.
     """
-    parser.set_defaults(**{a.dest: _UNSET for a in parser._actions if a.dest != "help"})
-    return {name for name, value in vars(parser.parse_args(argv)).items() if value is not _UNSET}
-
-
-def path_flags(parser: argparse.ArgumentParser) -> set[str]:
-    """Flags whose values are paths: the checkpoint stores them as strings."""
-    return {a.dest for a in parser._actions if a.type is Path}
-
-
-def apply_saved_args(args, given: set[str], saved: dict, paths: set[str], ckpt: Path) -> list[str]:
-    """Sets every flag not in ``given`` to its saved value; returns the typed changes as "--flag old -> new".
-
-    Raises CheckpointError naming the flag when a typed value would change the model's shape.
-    """
-    typed_corpus = bool(given & set(CORPUS_FLAGS))
+    saved = {k: (Path(v) if k in path_flags and v is not None else v)
+             for k, v in saved.items() if k in defaults and k not in OWN_FLAGS}  # flags this version still has
     changes = []
-    for name, old in saved.items():
-        if name == "resume" or not hasattr(args, name):  # a flag this version no longer has
+    for name, new in typed.items():
+        if name not in saved or saved[name] == new:
             continue
-        if name in paths and old is not None:
-            old = Path(old)
-        if name not in given and not (typed_corpus and name in CORPUS_FLAGS):
-            setattr(args, name, old)
-            continue
-        new = getattr(args, name)
-        if new == old:
-            continue
+        old = saved[name]
         if name in FIXED_FLAGS:
             raise CheckpointError(
                 f"--{name} {new} conflicts with --resume {ckpt}, which was trained with --{name} {old}: "
@@ -68,45 +66,45 @@ def apply_saved_args(args, given: set[str], saved: dict, paths: set[str], ckpt: 
             )
         if new is not None:
             changes.append(f"--{name} {old} -> {new}")
-    return changes
+    if set(typed) & set(CORPUS_FLAGS):  # a corpus typed now replaces the saved one, whichever flag it used
+        saved = {k: v for k, v in saved.items() if k not in CORPUS_FLAGS}
+    merged = {**defaults, **saved, **typed}
+    if "out_dir" not in typed:  # keep writing beside the checkpoint, even if its folder was moved
+        merged["out_dir"] = ckpt.parent
+    return argparse.Namespace(**merged), changes
 
 
-def load_for_resume(args, path: Path, given: set[str], paths: set[str]) -> dict:
-    """Loads the checkpoint at path, fills every flag not in ``given`` from it and reports the changes.
-
-    The returned state carries ``given`` too: the tokenizer check needs to know what was typed.
-    """
-    state = load_checkpoint(path, flag="--resume")
+def load(path: Path, defaults: dict, typed: dict, path_flags: set[str]) -> tuple[argparse.Namespace, Resume, str]:
+    """Loads a checkpoint to resume: (the run's flags, the Resume, a line saying what changed)."""
+    state = ckpt_io.load_checkpoint(path, flag="--resume")
     missing = [k for k in RESUME_KEYS if k not in state]
     if missing:
         raise CheckpointError(
             f"--resume {path} cannot be resumed (it lacks {', '.join(missing)}); it can still be sampled from"
         )
-    changes = apply_saved_args(args, given, state["args"], paths, path)
-    if "out_dir" not in given:  # keep writing beside the checkpoint, even if its folder was moved
-        args.out_dir = path.parent
-    args.resume = path
+    ckpt_io.check_resumable(state, path)
+    args, changes = merged_flags(defaults, typed, state["args"], path_flags, path)
     if state["step"] >= args.max_steps:
         raise CheckpointError(
             f"--resume {path} is already at step {state['step']} of --max_steps {args.max_steps}: "
             f"pass a larger --max_steps to train further"
         )
-    print(f"resuming from {path} at step {state['step']}"
-          + (f"; changed: {', '.join(changes)}" if changes else "; same settings"))
-    state["given"] = given
-    return state
+    line = f"resuming from {path} at step {state['step']}" + (f"; changed: {', '.join(changes)}" if changes
+                                                               else "; same settings")
+    return args, Resume(path, state, frozenset(typed)), line
 
 
-def checkpoint_tokenizer(args, state: dict) -> tuple[Tokenizer | spm.SentencePieceTokenizer, Path]:
-    """The tokenizer inside the checkpoint; a --tokenizer typed now must be the same one."""
-    tok = spm.tokenizer_from_checkpoint(state)
-    if "tokenizer" in state["given"] and args.tokenizer is not None:
-        if spm.load_any(args.tokenizer).to_str() != tok.to_str():
+def checkpoint_tokenizer(args, resume: Resume):
+    """The tokenizer inside the checkpoint, and the path it was saved at; a --tokenizer typed now must be
+    the same one."""
+    tok = ckpt_io.embedded_tokenizer(resume.state, f"--resume {resume.path}")
+    if "tokenizer" in resume.typed and args.tokenizer is not None:
+        if tokenizer.load(args.tokenizer).to_str() != tok.to_str():
             raise CheckpointError(
-                f"--tokenizer {args.tokenizer} differs from the one inside --resume {args.resume}: "
+                f"--tokenizer {args.tokenizer} differs from the one inside --resume {resume.path}: "
                 f"drop --tokenizer (the checkpoint carries its own)"
             )
-    return tok, Path(state.get("tokenizer_path", "(inside the checkpoint)"))
+    return tok, Path(resume.state.get("tokenizer_path") or "(inside the checkpoint)")
 
 
 def corpus_fingerprint(token_data) -> str:
@@ -121,21 +119,19 @@ def corpus_fingerprint(token_data) -> str:
     return h.hexdigest()
 
 
-def restore_training_state(state: dict, ckpt: Path, raw_model, optimizer, scaler,
-                           batch_generator) -> tuple[int, float]:
-    """Loads weights, optimizer, GradScaler and every RNG from a checkpoint; returns (step, best val loss)."""
+def restore_training_state(state: dict, ckpt: Path, raw_model, optimizer, scaler, batch_generator) -> None:
+    """Loads weights, optimizer, GradScaler and every RNG from a checkpoint into the given objects."""
     # The flags of this run (weight decay, fused kernels for this device) win over the saved groups';
     # the learning rate is set again at every step.
     hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     try:
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        reason = str(exc).splitlines()[0]
+        for group, h in zip(optimizer.param_groups, hyper):
+            group.update(h)
+        if state["scaler"]:  # empty when it was saved with fp16 scaling off
+            scaler.load_state_dict(state["scaler"])
+        ckpt_io.restore_rng_state(state["rng"], batch_generator)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(f"--resume {ckpt} does not fit this model ({reason})") from None
-    for group, h in zip(optimizer.param_groups, hyper):
-        group.update(h)
-    if state["scaler"]:  # empty when it was saved with fp16 scaling off
-        scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"], batch_generator)
-    return int(state["step"]), float(state["best_val_loss"])

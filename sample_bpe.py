@@ -6,18 +6,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
-from tokenizers import Tokenizer
 from tqdm import tqdm
 
-import data
-import spm
-from checkpoint import CheckpointError, load_checkpoint
-from model import GPT, GPTConfig
-from train_bpe import HelpFormatter, OneLineParser, resolve_device
+import cli
+from checkpoint import CheckpointError, load_model
+from cli import resolve_device
 
 EXAMPLES = """examples:
   python sample_bpe.py --ckpt bpe_best.pt --prompt "ROMEO:" --temperature 0.8 --top_k 80
@@ -27,9 +23,9 @@ EXAMPLES = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(
+    p = cli.OneLineParser(
         prog="sample_bpe.py", description=__doc__.splitlines()[0], epilog=EXAMPLES,
-        formatter_class=HelpFormatter,
+        formatter_class=cli.HelpFormatter,
     )
     p.add_argument("--ckpt", default="bpe_best.pt", help="checkpoint written by train_bpe.py")
     p.add_argument("--prompt", default="", help="text to continue (empty: start from <bos>)")
@@ -62,25 +58,10 @@ def check_args(args) -> str | None:
     return None
 
 
-def load_model(path, device) -> tuple[GPT, Tokenizer | spm.SentencePieceTokenizer]:
-    """The model and the tokenizer embedded in a checkpoint (the tokenizer file itself is not needed)."""
-    state = load_checkpoint(path)
-    try:
-        model = GPT(GPTConfig(**state["config"]))
-        model.load_state_dict(state["model"])
-        tok = spm.tokenizer_from_checkpoint(state)
-    except data.DataError as exc:  # a SentencePiece checkpoint without the package
-        raise CheckpointError(f"--ckpt {path}: {exc}") from None
-    except Exception as exc:  # a checkpoint with our format tag but inconsistent contents
-        reason = (str(exc).splitlines() or [""])[0][:200]
-        raise CheckpointError(f"--ckpt {path} is damaged ({type(exc).__name__}: {reason})") from None
-    return model.to(device).eval(), tok
-
-
 class StreamDecoder:
     """Turns token ids into text piece by piece, holding back an unfinished multi-byte character."""
 
-    def __init__(self, tok: Tokenizer):
+    def __init__(self, tok):
         self.tok, self.ids, self.emitted = tok, [], 0
 
     def push(self, token_id: int) -> str:
@@ -99,8 +80,8 @@ class StreamDecoder:
 
 def run(args) -> int:
     device = resolve_device(args.device)
-    model, tok = load_model(args.ckpt, device)
-    prompt_ids = tok.encode(args.prompt, add_special_tokens=False).ids if args.prompt else [data.BOS_ID]
+    model, tok, specials, _ = load_model(args.ckpt, device)
+    prompt_ids = tok.encode(args.prompt, add_special_tokens=False).ids if args.prompt else [specials.start]
     block = model.config.block_size
     if len(prompt_ids) > block:
         raise CheckpointError(
@@ -118,7 +99,7 @@ def run(args) -> int:
         steps = model.generate(idx, args.max_new_tokens, args.temperature, args.top_k, args.top_p, gen)
         for token in tqdm(steps, total=args.max_new_tokens, desc="sampling", unit=" tok", disable=not show_bar, leave=False):
             token_id = int(token[0])
-            if args.stop_at_eos and token_id == data.EOS_ID:
+            if args.stop_at_eos and token_id == specials.eos:
                 break
             sys.stdout.write(decoder.push(token_id))
             sys.stdout.flush()
@@ -142,7 +123,7 @@ def main(argv=None) -> int:
         print(file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        cli.quiet_broken_pipe()
         return 0
 
 

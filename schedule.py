@@ -53,11 +53,15 @@ def parse_duration(text: str) -> float:
         values = [float(p) for p in parts]
     except ValueError:
         raise ValueError(f"{text!r} is not a duration: use seconds (e.g. 300) or H:MM:SS (e.g. 0:05:00)") from None
-    if any(v < 0 or not math.isfinite(v) for v in values) or any(v >= 60 for v in values[1:]):
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{text!r} is not a finite duration: use seconds (e.g. 300) or H:MM:SS (e.g. 0:05:00)")
+    if any(v < 0 for v in values):
+        raise ValueError(f"{text!r} is negative: use a positive duration (or 0 for no time limit)")
+    if any(v >= 60 for v in values[1:]):
         raise ValueError(f"{text!r} is not a duration: minutes and seconds after a colon must be below 60")
     seconds = 0.0
     for v in values:
         seconds = seconds * 60 + v
     if seconds <= 0:
-        raise ValueError(f"{text!r} is not a positive duration")
+        raise ValueError(f"{text!r} is not a positive duration (0 means no time limit where a flag allows it)")
     return seconds

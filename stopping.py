@@ -27,15 +27,15 @@ class StopNow(BaseException):
 
 
 class GracefulStop:
-    """Catches SIGINT/SIGTERM while active. The loop checks ``stop_requested`` once per optimizer step.
+    """Catches SIGINT/SIGTERM while active. The loop reads ``signum`` once per optimizer step.
 
         with GracefulStop() as stop:
             prepare()                 # a signal here raises StopNow: there is nothing to save yet
             stop.arm()
             for step in ...:
                 train_one_step()
-                if stop.stop_requested:
-                    save(); return stop.exit_code
+                if stop.signum:
+                    save(); return 128 + stop.signum
     """
 
     def __init__(self):
@@ -48,17 +48,8 @@ class GracefulStop:
         self.armed = True
 
     @property
-    def stop_requested(self) -> bool:
-        return self.signum is not None
-
-    @property
     def signal_name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
-
-    @property
-    def exit_code(self) -> int:
-        """128 + the signal number, as a shell reports a process ended by it: 130 for SIGINT, 143 for SIGTERM."""
-        return 128 + (self.signum or 0)
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None or not self.armed:

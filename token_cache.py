@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 from tqdm import tqdm
 
 import data
-from checkpoint import atomic_write_text
+import tokenizer
+from files import atomic_write_text
 
 CACHE_FORMAT, CACHE_VERSION = "mini-gpt-token-cache", 1
 CACHE_BIN, CACHE_META = "tokens.bin", "tokens.json"
@@ -104,11 +104,11 @@ class TokenCache:
                 f"document(s), validation from token {m['val_start']:,}")
 
 
-def _cache_key(corpus: data.Corpus, tok: Tokenizer) -> dict:
+def _cache_key(corpus: data.Corpus, tok) -> dict:
     return {
         "format": CACHE_FORMAT, "version": CACHE_VERSION,
         "dtype": data.token_dtype(tok.get_vocab_size()).name,
-        "tokenizer_hash": data.tokenizer_hash(tok),
+        "tokenizer_hash": tokenizer.tokenizer_hash(tok),
         "corpus_fingerprint": corpus.fingerprint(),
         "val_fraction": data.VAL_FRACTION,
     }
@@ -139,14 +139,14 @@ def _stale_reason(cache_dir: Path, key: dict) -> str | None:
     return None
 
 
-def load_or_build_cache(corpus: data.Corpus, tok: Tokenizer, cache_dir: str | Path) -> TokenCache:
+def load_or_build_cache(corpus: data.Corpus, tok, cache_dir: str | Path) -> TokenCache:
     """The token cache for this corpus and tokenizer, reused or rebuilt, committed."""
     cache = reuse_or_encode(corpus, tok, cache_dir)
     cache.commit()
     return cache
 
 
-def reuse_or_encode(corpus: data.Corpus, tok: Tokenizer, cache_dir: str | Path) -> TokenCache:
+def reuse_or_encode(corpus: data.Corpus, tok, cache_dir: str | Path) -> TokenCache:
     """The token cache for this corpus and tokenizer: reused when its sidecar matches (same files, sizes,
     mtimes, tokenizer, format) and the array is whole, else encoded from the files (not yet committed)."""
     cache_dir = Path(cache_dir)
@@ -165,7 +165,7 @@ def reuse_or_encode(corpus: data.Corpus, tok: Tokenizer, cache_dir: str | Path) 
     return TokenCache(cache_dir / CACHE_BIN, meta, reused=False, reason=reason, pending=pending, made_dir=made_dir)
 
 
-def encode_to_file(corpus: data.Corpus, tok: Tokenizer, cache_dir: Path, key: dict) -> tuple[Path, dict]:
+def encode_to_file(corpus: data.Corpus, tok, cache_dir: Path, key: dict) -> tuple[Path, dict]:
     """Encodes the corpus into a temporary file in cache_dir; returns it and the sidecar it needs."""
     for stale in cache_dir.glob(f".{CACHE_BIN}.*.tmp"):  # left by a run killed while encoding
         stale.unlink(missing_ok=True)
@@ -173,12 +173,12 @@ def encode_to_file(corpus: data.Corpus, tok: Tokenizer, cache_dir: Path, key: di
     # is a mix of the corpus, not its alphabetically last folder.
     order = sorted(corpus.files, key=lambda p: _name_hash(p, corpus.root))
     doc_ends = array("q")
-    num_tokens = 0
+    num_tokens, eos = 0, tokenizer.special_ids(tok).eos
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{CACHE_BIN}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f, tqdm(total=corpus.total_bytes, desc="encoding", unit="B",
                                             unit_scale=True, leave=False) as bar:
-            for ids, ends in data.encode_pieces(tok, data.document_pieces(order), bar):
+            for ids, ends in data.encode_pieces(tok, data.document_pieces(order), eos, bar):
                 f.write(ids.tobytes())
                 doc_ends.extend(num_tokens + e for e in ends)
                 num_tokens += len(ids)
@@ -194,7 +194,7 @@ def encode_to_file(corpus: data.Corpus, tok: Tokenizer, cache_dir: Path, key: di
     return Path(tmp), meta
 
 
-def _count_val_bytes(path: str, dtype: np.dtype, val_start: int, tok: Tokenizer) -> int:
+def _count_val_bytes(path: str, dtype: np.dtype, val_start: int, tok) -> int:
     """UTF-8 bytes of the validation tokens, read back in chunks with plain reads (a memmap would add
     every page it touched to this process's resident set)."""
     counts = np.zeros(tok.get_vocab_size(), dtype=np.int64)
@@ -202,7 +202,7 @@ def _count_val_bytes(path: str, dtype: np.dtype, val_start: int, tok: Tokenizer)
         f.seek(val_start * dtype.itemsize)
         while (chunk := np.fromfile(f, dtype=dtype, count=COUNT_CHUNK)).size:
             counts += np.bincount(chunk, minlength=len(counts))
-    return int(counts @ data.token_byte_lengths(tok))
+    return int(counts @ tokenizer.byte_lengths(tok))
 
 
 def _name_hash(path: str, root: str | None) -> bytes:

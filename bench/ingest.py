@@ -120,9 +120,10 @@ def child_ours(corpus: Path, tokenizer: Path, cache_dir: Path) -> dict:
     """What train_bpe.py does before its first step: scan, encode into the cache, open it as a memmap."""
     import data  # imports torch, as the seed's child does
     import token_cache
+    import tokenizer as tokenizer_module
 
     baseline, t0, c0 = rss_mb("VmRSS"), time.perf_counter(), cpu_seconds()
-    tok = data.load_tokenizer(tokenizer)
+    tok = tokenizer_module.load(tokenizer)
     corpus_files = data.scan_corpus(data_dir=corpus)
     cache = token_cache.load_or_build_cache(corpus_files, tok, cache_dir)
     token_data = cache.token_data(block_size=256)
@@ -166,6 +167,7 @@ def main() -> int:
         return 0
 
     import data
+    import tokenizer as tokenizer_module
 
     work = Path(tempfile.mkdtemp(prefix="ingest-bench-", dir=args.workdir))
     try:
@@ -175,7 +177,7 @@ def main() -> int:
         print(f"corpus: {n_files} files, {n_bytes / 1e6:.1f} MB of code and prose from this machine "
               f"({time.perf_counter() - t0:.0f}s to gather)", flush=True)
         t0 = time.perf_counter()
-        tok = data.train_tokenizer(data.scan_corpus(data_dir=small), args.vocab_size, max_bytes=20_000_000)
+        tok = tokenizer_module.train_bpe(data.scan_corpus(data_dir=small), args.vocab_size, max_bytes=20_000_000)
         tok.save(str(work / "tokenizer.json"))
         print(f"tokenizer: {args.vocab_size} tokens trained on a 20 MB sample in {time.perf_counter() - t0:.0f}s; "
               f"every row below loads this same file", flush=True)

@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from checkpoint import load_model  # noqa: E402
+from cli import resolve_device  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from sample_bpe import load_model  # noqa: E402
-from train_bpe import resolve_device  # noqa: E402
 
 
 @torch.no_grad()
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     if args.ckpt:
-        model, _ = load_model(args.ckpt, device)
+        model, *_ = load_model(args.ckpt, device)
     else:
         model = GPT(GPTConfig(dropout=0.0)).to(device).eval()
     cfg = model.config

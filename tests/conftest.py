@@ -5,20 +5,10 @@ from pathlib import Path
 import pytest
 
 import data
+import tokenizer
 import train_bpe
 
-ROOT = Path(__file__).resolve().parent.parent
-
-# A slice of the bundled corpus plus code with tabs, blank lines, CRLF and emoji: what users feed us.
-TINY_TEXT = (ROOT / "data" / "input.txt").read_text(encoding="utf-8")[:12000] + (
-    "\ndef train_model(x):\n\tif x:\n\t\treturn x  # tabs\n\n\n    spaces = 4\r\nwindows line\r\n🙂 naïve café ✓\n"
-)
-
-# A model small enough to train a few dozen steps in seconds.
-TINY_MODEL_ARGS = [
-    "--vocab_size", "300", "--n_layer", "2", "--n_head", "2", "--n_embed", "32", "--block_size", "32",
-    "--dropout", "0", "--batch_size", "8", "--grad_accum_steps", "1", "--device", "cpu",
-]
+from helpers import TINY_MODEL_ARGS, TINY_TEXT
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +20,7 @@ def tiny_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_file):
-    return data.train_tokenizer(data.scan_corpus(data_file=tiny_file), vocab_size=300)
+    return tokenizer.train_bpe(data.scan_corpus(data_file=tiny_file), vocab_size=300)
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,12 @@ import pytest
 import torch
 
 import sample_bpe
+import tokenizer
 import train_bpe
-from checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint
-from conftest import ROOT, TINY_MODEL_ARGS
+import trainer
+from checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_model
+
+from helpers import ROOT, TINY_MODEL_ARGS
 
 CORPUS = (ROOT / "data" / "input.txt").read_text(encoding="utf-8")
 
@@ -42,8 +45,8 @@ def ws(tiny_run, tmp_path_factory) -> Path:
     (ws / "nodocs" / "photo.png").write_bytes(b"\x89PNG\r\n")
     (ws / "nodocs" / "weights.bin").write_bytes(b"\x00" * 64)
 
-    good = torch.load(tiny_run / train_bpe.LAST_NAME, weights_only=True)
-    shutil.copy(tiny_run / train_bpe.LAST_NAME, ws / "good.pt")
+    good = torch.load(tiny_run / trainer.LAST_NAME, weights_only=True)
+    shutil.copy(tiny_run / trainer.LAST_NAME, ws / "good.pt")
     torch.save(good["model"], ws / "state_dict.pt")
     torch.save({"epoch": 3, "net": good["model"], "hyper": {"lr": 0.1}}, ws / "foreign.pt")
     raw = (ws / "good.pt").read_bytes()
@@ -56,7 +59,7 @@ def ws(tiny_run, tmp_path_factory) -> Path:
     torch.save({**good, "model": CreatesFile(ws / "pwned")}, ws / "evil.pt")
 
     import data  # a tokenizer other than the one inside good.pt
-    other = data.train_tokenizer(data.scan_corpus(data_file=ws / "corpus.txt"), vocab_size=280)
+    other = tokenizer.train_bpe(data.scan_corpus(data_file=ws / "corpus.txt"), vocab_size=280)
     (ws / "other_tok.json").write_text(other.to_str(), encoding="utf-8")
     return ws
 
@@ -91,7 +94,7 @@ TRAIN_CASES = [
     ("max_steps 0", ["--max_steps", "0"], ["--max_steps"]),
     ("eval_interval 0", ["--eval_interval", "0"], ["--eval_interval"]),
     ("warmup longer than training", ["--warmup_steps", "50", "--max_steps", "10"], ["--warmup_steps 50", "--max_steps"]),
-    ("vocab_size below bytes + specials", ["--vocab_size", "100"], ["--vocab_size 100", "260"]),
+    ("vocab_size below bytes + specials", ["--vocab_size", "100"], ["--vocab_size", "at least 260", "100"]),
     ("unknown device", ["--device", "tpu"], ["--device", "tpu"]),
     ("lr not a number", ["--lr", "nan"], ["--lr"]),
     ("dropout 1", ["--dropout", "1"], ["--dropout"]),
@@ -192,8 +195,18 @@ def test_sample_bad_input(argv, words, ws, monkeypatch, capsys):
     assert not (ws / "pwned").exists()
 
 
-def test_the_matrix_has_at_least_25_cases():
-    assert len(TRAIN_CASES) + len(SAMPLE_CASES) >= 25
+def readme_matrix_rows() -> list[tuple[str, str]]:
+    """(script, input) for each row of the README's "When an input is wrong" table."""
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## When an input is wrong", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    rows = [[cell.strip() for cell in line.split("|")[1:3]] for line in section.splitlines() if line.startswith("| ")]
+    return [(command.strip("`").split()[0], name) for name, command in rows if command.startswith("`")]
+
+
+def test_the_readme_table_lists_exactly_the_cases_tested_here():
+    cases = [("train_bpe.py", c[0]) for c in TRAIN_CASES] + [("sample_bpe.py", c[0]) for c in SAMPLE_CASES]
+    assert len(cases) == len(set(cases))  # each id names one case of its script
+    assert sorted(readme_matrix_rows()) == sorted(cases)
 
 
 def test_a_crafted_pickle_is_refused_and_never_runs(tmp_path, capsys):
@@ -212,12 +225,13 @@ def test_a_crafted_pickle_is_refused_and_never_runs(tmp_path, capsys):
 
 
 def test_an_empty_prompt_starts_from_bos(tiny_run, capsys):
-    ckpt = tiny_run / train_bpe.BEST_NAME
+    ckpt = tiny_run / trainer.BEST_NAME
     assert sample_bpe.main(["--ckpt", str(ckpt), "--prompt", "", "--temperature", "0", "--max_new_tokens", "12",
                             "--device", "cpu"]) == 0
     text = capsys.readouterr().out
-    model, tok = sample_bpe.load_model(ckpt, "cpu")
-    ids = [int(t) for t in model.generate(torch.tensor([[train_bpe.data.BOS_ID]]), 12, temperature=0)]
+    model, tok, specials, _ = load_model(ckpt, "cpu")
+    assert specials.start == 2  # <bos> in the tokenizers we train
+    ids = [int(t) for t in model.generate(torch.tensor([[specials.start]]), 12, temperature=0)]
     assert text == tok.decode(ids) + "\n"
 
 

@@ -32,7 +32,7 @@ def test_unknown_flag_far_from_any_gets_no_guess(capsys):
 
 
 def test_config_block_is_compact_and_complete():
-    args = train_bpe.parse_args(["--preset", "cpu", "--data_file", "some.txt"])
+    args, _ = train_bpe.parse_args(["--preset", "cpu", "--data_file", "some.txt"])
     block = train_bpe.format_config(args)
     lines = block.splitlines()
     assert lines[0] == "config:" and len(lines) <= 12

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import data
+import tokenizer
 
 ROUND_TRIP_CASES = {
     "prose": "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer",
@@ -22,15 +23,15 @@ def test_round_trip_is_exact(tiny_tokenizer, text):
 
 
 def test_tokenizer_has_specials_at_fixed_ids_and_every_byte(tiny_tokenizer):
-    for i, name in enumerate(data.SPECIAL_TOKENS):
+    for i, name in enumerate(tokenizer.SPECIAL_TOKENS):
         assert tiny_tokenizer.token_to_id(name) == i
     # Never an <unk>: any byte sequence is representable.
-    assert data.UNK_ID not in tiny_tokenizer.encode("\x00\x7f€𝄞", add_special_tokens=False).ids
+    assert tiny_tokenizer.token_to_id("<unk>") not in tiny_tokenizer.encode("\x00\x7f€𝄞", add_special_tokens=False).ids
 
 
 def test_vocab_size_below_byte_alphabet_is_refused(tiny_file):
     with pytest.raises(data.DataError, match="--vocab_size 100"):
-        data.train_tokenizer(data.scan_corpus(data_file=tiny_file), vocab_size=100)
+        tokenizer.train_bpe(data.scan_corpus(data_file=tiny_file), vocab_size=100)
 
 
 def test_folder_order_extension_filter_and_skip_rules(tmp_path):
@@ -70,11 +71,12 @@ def test_file_and_folder_flags_swapped_are_explained(tmp_path, tiny_file):
 
 def test_documents_end_with_eos_and_array_is_compact(tiny_tokenizer):
     docs = ["hello world", "second doc\n"]
-    tokens = data.encode_corpus(tiny_tokenizer, docs, len(docs))
+    EOS_ID = tokenizer.special_ids(tiny_tokenizer).eos
+    tokens = data.encode_corpus(tiny_tokenizer, docs, EOS_ID, len(docs))
     assert tokens.dtype == np.uint16
-    assert (tokens == data.EOS_ID).sum() == 2 and tokens[-1] == data.EOS_ID
+    assert (tokens == EOS_ID).sum() == 2 and tokens[-1] == EOS_ID
     first = tiny_tokenizer.encode(docs[0], add_special_tokens=False).ids
-    assert tokens[: len(first)].tolist() == first and tokens[len(first)] == data.EOS_ID
+    assert tokens[: len(first)].tolist() == first and tokens[len(first)] == EOS_ID
 
 
 def test_uint32_for_large_vocabularies():
@@ -107,8 +109,8 @@ def test_corpus_too_small_for_a_block_says_how_small():
 def test_bits_per_byte_counts_real_bytes(tiny_tokenizer):
     text = "héllo wörld 🙂"
     ids = tiny_tokenizer.encode(text, add_special_tokens=False).ids
-    lengths = data.token_byte_lengths(tiny_tokenizer)
+    lengths = tokenizer.byte_lengths(tiny_tokenizer)
     assert lengths[ids].sum() == len(text.encode("utf-8"))
-    assert lengths[data.EOS_ID] == 0
+    assert lengths[tokenizer.special_ids(tiny_tokenizer).eos] == 0
     # ln(2) nats per token over one byte per token is exactly one bit per byte.
     assert data.bits_per_byte(np.log(2), num_tokens=10, num_bytes=10) == pytest.approx(1.0)

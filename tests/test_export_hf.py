@@ -5,8 +5,9 @@ import torch
 
 import export_hf
 import sample_bpe
-import train_bpe
-from checkpoint import load_checkpoint, save_checkpoint
+import trainer
+from checkpoint import load_checkpoint, load_model, save_checkpoint
+from model import GPT, GPTConfig
 
 PROMPT, NEW_TOKENS = "ROMEO:", 20  # prompt + new tokens stay within the tiny model's 32-token context
 
@@ -15,13 +16,14 @@ PROMPT, NEW_TOKENS = "ROMEO:", 20  # prompt + new tokens stay within the tiny mo
 def exported(tiny_run, tmp_path_factory):
     pytest.importorskip("safetensors", reason="export needs the safetensors extra")
     out = tmp_path_factory.mktemp("hf") / "hf_model"
-    assert export_hf.main(["--ckpt", str(tiny_run / train_bpe.BEST_NAME), "--out", str(out)]) == 0
+    assert export_hf.main(["--ckpt", str(tiny_run / trainer.BEST_NAME), "--out", str(out)]) == 0
     return out
 
 
+@pytest.mark.slow
 def test_greedy_continuation_matches_sample_bpe(tiny_run, exported, capsys):
     transformers = pytest.importorskip("transformers", reason="loading the export needs the transformers extra")
-    ckpt = str(tiny_run / train_bpe.BEST_NAME)
+    ckpt = str(tiny_run / trainer.BEST_NAME)
     capsys.readouterr()
     assert sample_bpe.main(["--ckpt", ckpt, "--prompt", PROMPT, "--temperature", "0",
                             "--max_new_tokens", str(NEW_TOKENS), "--device", "cpu"]) == 0
@@ -39,7 +41,7 @@ def test_greedy_continuation_matches_sample_bpe(tiny_run, exported, capsys):
     assert theirs == ours
 
     # The same logits, not just the same argmax: every weight landed in the right place.
-    native, _ = sample_bpe.load_model(ckpt, "cpu")
+    native, *_ = load_model(ckpt, "cpu")
     with torch.no_grad():
         torch.testing.assert_close(model(out).logits, native(out)[0], atol=1e-4, rtol=1e-4)
 
@@ -50,11 +52,13 @@ def test_greedy_continuation_matches_sample_bpe(tiny_run, exported, capsys):
 
 @pytest.mark.parametrize("change, message", [
     ({"bias": False}, "bias=False"),
-    ({"rotary": True}, "uses option(s) rotary that GPT-2 does not have"),
+    ({"rotary": True}, "unknown field(s) rotary"),  # a field this version does not know: refused on load
 ])
 def test_non_gpt2_checkpoints_are_refused(tiny_run, tmp_path, capsys, change, message):
-    state = load_checkpoint(tiny_run / train_bpe.BEST_NAME)
+    state = load_checkpoint(tiny_run / trainer.BEST_NAME)
     state["config"] = {**state["config"], **change}
+    if "rotary" not in change:  # weights that fit the changed config
+        state["model"] = GPT(GPTConfig(**state["config"])).state_dict()
     ckpt = tmp_path / "odd.pt"
     save_checkpoint(ckpt, {k: v for k, v in state.items() if k not in ("format", "format_version")})
     assert export_hf.main(["--ckpt", str(ckpt), "--out", str(tmp_path / "hf")]) == 2
@@ -63,11 +67,12 @@ def test_non_gpt2_checkpoints_are_refused(tiny_run, tmp_path, capsys, change, me
     assert not (tmp_path / "hf").exists()
 
 
+@pytest.mark.slow
 def test_a_non_empty_folder_is_not_overwritten_by_accident(tiny_run, exported, tmp_path, capsys):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "config.json").write_text("someone else's")
-    ckpt = str(tiny_run / train_bpe.BEST_NAME)
+    ckpt = str(tiny_run / trainer.BEST_NAME)
     assert export_hf.main(["--ckpt", ckpt, "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "config.json").read_text() == "someone else's"

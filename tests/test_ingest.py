@@ -11,8 +11,12 @@ import torch
 
 import data
 import token_cache
+import tokenizer
 import train_bpe
-from tests.conftest import TINY_MODEL_ARGS, TINY_TEXT
+
+from helpers import TINY_MODEL_ARGS, TINY_TEXT
+
+EOS_ID = 3  # <eos> in the tokenizers we train
 
 GOOD = "A line of plain text that the scanner must keep.\n" * 3
 
@@ -148,7 +152,7 @@ def _decode_documents(tok, tokens):
     ids = np.asarray(tokens).tolist()
     docs, start = [], 0
     for i, t in enumerate(ids):
-        if t == data.EOS_ID:
+        if t == EOS_ID:
             docs.append(tok.decode(ids[start:i], skip_special_tokens=False))
             start = i + 1
     return docs
@@ -211,7 +215,7 @@ def test_folder_split_keeps_documents_whole_single_file_keeps_90_10(tmp_path, ti
     cache = token_cache.load_or_build_cache(scan(root), tiny_tokenizer, tmp_path / "c1")
     tokens = np.asarray(cache.tokens())
     val_start = cache.meta["val_start"]
-    assert tokens[val_start - 1] == data.EOS_ID  # validation begins right after a document's <eos>
+    assert tokens[val_start - 1] == EOS_ID  # validation begins right after a document's <eos>
     assert abs(val_start / len(tokens) - 0.9) <= 0.05
 
     single = token_cache.load_or_build_cache(data.scan_corpus(data_file=tiny_file), tiny_tokenizer, tmp_path / "c2")
@@ -221,7 +225,7 @@ def test_folder_split_keeps_documents_whole_single_file_keeps_90_10(tmp_path, ti
 def test_memmap_batches_equal_in_memory_batches(tmp_path, tiny_tokenizer, tiny_file):
     corpus = data.scan_corpus(data_file=tiny_file)
     cache = token_cache.load_or_build_cache(corpus, tiny_tokenizer, tmp_path / "cache")
-    in_memory = data.encode_corpus(tiny_tokenizer, [tiny_file.read_bytes().decode("utf-8")])
+    in_memory = data.encode_corpus(tiny_tokenizer, [tiny_file.read_bytes().decode("utf-8")], EOS_ID)
     np.testing.assert_array_equal(cache.tokens(), in_memory)  # streamed file reading = whole-text encoding
 
     mapped = cache.token_data(block_size=16)
@@ -232,7 +236,7 @@ def test_memmap_batches_equal_in_memory_batches(tmp_path, tiny_tokenizer, tiny_f
         for _ in range(3):
             for a, b in zip(mapped.get_batch(split, 4, g1), plain.get_batch(split, 4, g2)):
                 assert torch.equal(a, b)
-    lengths = data.token_byte_lengths(tiny_tokenizer)
+    lengths = tokenizer.byte_lengths(tiny_tokenizer)
     assert mapped.val_bytes == int(lengths[plain.val].sum())  # bits per byte sees the same byte count
 
 
@@ -285,7 +289,7 @@ def test_corpus_change_rebuilds_the_cache(change, folder, tiny_tokenizer, tmp_pa
 def test_tokenizer_change_rebuilds_the_cache(folder, tiny_tokenizer, tmp_path):
     corpus = scan(folder)
     token_cache.load_or_build_cache(corpus, tiny_tokenizer, tmp_path / "cache")
-    other = data.train_tokenizer(corpus, vocab_size=280)
+    other = tokenizer.train_bpe(corpus, vocab_size=280)
     cache = token_cache.load_or_build_cache(corpus, other, tmp_path / "cache")
     assert not cache.reused and cache.reason == "tokenizer changed"
     assert int(np.asarray(cache.tokens()).max()) < 280

@@ -6,10 +6,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 
 from checkpoint import load_checkpoint
-from conftest import ROOT, TINY_MODEL_ARGS
 from model import GPT, GPTConfig
+
+from helpers import ROOT, TINY_MODEL_ARGS
 
 KILLS = 18
 
@@ -55,6 +57,7 @@ KILLER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_checkpoints_left_by_kill_9_at_random_moments_all_load(tiny_file, tiny_tokenizer, tmp_path):
     tok = tmp_path / "tok.json"
     tok.write_text(tiny_tokenizer.to_str(), encoding="utf-8")

@@ -5,11 +5,14 @@ import math
 import pytest
 import torch
 
+import cli
 import muon
 import train_bpe
+import trainer
 from checkpoint import load_checkpoint
-from conftest import TINY_MODEL_ARGS
 from model import GPT, GPTConfig
+
+from helpers import TINY_MODEL_ARGS
 
 
 @pytest.mark.parametrize("shape", [(64, 16), (16, 64), (96, 24)])
@@ -24,10 +27,34 @@ def test_orthogonalize_flattens_the_spectrum_and_keeps_the_directions(shape):
     assert torch.nn.functional.cosine_similarity(x.flatten(), exact.flatten(), dim=0) > 0.9
 
 
+def test_the_adamw_half_of_muon_matches_torch_adamw():
+    """Embeddings, biases and gains take AdamW steps inside MuonAdamW: the same as torch.optim.AdamW's."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(16, 8), (8,), (5, 3)]
+    ours = [torch.randn(s, generator=gen) for s in shapes]
+    ref = [p.clone() for p in ours]
+    groups = lambda ps: [{"params": ps[:1], "weight_decay": 0.1}, {"params": ps[1:], "weight_decay": 0.0}]  # noqa: E731
+    opt = muon.MuonAdamW(groups(ours), lr=1e-2)
+    torch_opt = torch.optim.AdamW(groups(ref), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    steps = 6
+    for step in range(steps):
+        for group in opt.param_groups + torch_opt.param_groups:
+            group["lr"] = 1e-2 * (1 - step / steps)  # a schedule, as the trainer sets it
+        for a, b in zip(ours, ref):
+            a.grad = torch.randn(a.shape, generator=gen) * 10 ** (step % 3 - 1)
+            b.grad = a.grad.clone()
+        opt.step()
+        torch_opt.step()
+    # The same arithmetic in another order: a few float32 ulps of |p| per step, where one step moves p by ~lr.
+    for a, b in zip(ours, ref):
+        tolerance = 4 * steps * torch.finfo(torch.float32).eps * b.abs().max().item()
+        torch.testing.assert_close(a, b, rtol=0, atol=tolerance)
+
+
 def test_muon_trains_every_parameter_and_overfits_one_batch():
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embed=32, dropout=0.0))
-    opt = train_bpe.make_optimizer(model, 3e-3, 0.0, "cpu", "muon", muon_lr=0.02)
+    opt = trainer.make_optimizer(model, 3e-3, 0.0, "cpu", "muon", muon_lr=0.02)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     x = torch.randint(0, 64, (4, 16))
@@ -48,25 +75,25 @@ def test_muon_run_checkpoints_and_keeps_the_gpt2_layout(tiny_file, tmp_path):
         *TINY_MODEL_ARGS, "--max_steps", "6", "--eval_interval", "6", "--eval_iters", "2", "--warmup_steps", "1", "--optimizer", "muon",
     ])
     assert code == 0
-    state = load_checkpoint(tmp_path / train_bpe.LAST_NAME)
+    state = load_checkpoint(tmp_path / trainer.LAST_NAME)
     fresh = GPT(GPTConfig(**state["config"]))
     assert set(state["model"]) == set(fresh.state_dict())  # same parameter names as an AdamW run
 
 
 def test_cpu_bf16_only_where_the_cpu_has_bf16_matmuls():
-    assert train_bpe.amp_dtype("cpu", bf16_supported=True, cpu_bf16=True) == torch.bfloat16
-    assert train_bpe.amp_dtype("cpu", bf16_supported=False, cpu_bf16=True) is None  # emulated bf16 is slow
-    assert train_bpe.amp_dtype("cpu", bf16_supported=True, enabled=False, cpu_bf16=True) is None
-    assert train_bpe.amp_dtype("cuda", bf16_supported=True, cpu_bf16=True) == torch.bfloat16
+    assert cli.amp_dtype("cpu", bf16_native=True, cpu_bf16=True) == torch.bfloat16
+    assert cli.amp_dtype("cpu", bf16_native=False, cpu_bf16=True) is None  # emulated bf16 is slow
+    assert cli.amp_dtype("cpu", bf16_native=True, enabled=False, cpu_bf16=True) is None
+    assert cli.amp_dtype("cuda", bf16_native=True, cpu_bf16=True) == torch.bfloat16
 
 
 def test_cpu_bf16_run_keeps_fp32_weights(tiny_file, tmp_path):
     code = train_bpe.main([
         "--data_file", str(tiny_file), "--tokenizer_path", str(tmp_path / "tok.json"), "--out_dir", str(tmp_path),
         *TINY_MODEL_ARGS, "--max_steps", "4", "--eval_interval", "4", "--eval_iters", "2", "--warmup_steps", "1",
-        "--cpu_bf16",
+        "--amp",  # after TINY_MODEL_ARGS' --no-amp: the last one wins
     ])
     assert code == 0
-    state = load_checkpoint(tmp_path / train_bpe.BEST_NAME)
+    state = load_checkpoint(tmp_path / trainer.BEST_NAME)
     assert all(t.dtype == torch.float32 for t in state["model"].values())  # autocast, not a bf16 model
     assert math.isfinite(state["best_val_loss"])

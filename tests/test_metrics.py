@@ -7,6 +7,8 @@ import pytest
 
 import metrics
 import train_bpe
+import trainer
+from files import OutputError
 
 
 def records(path, kind):
@@ -55,7 +57,7 @@ def test_without_matplotlib_one_line_says_how_to_get_the_plot(tmp_path, monkeypa
     monkeypatch.setattr(metrics, "have_matplotlib", lambda: False)
     path = tmp_path / metrics.METRICS_NAME
     metrics.MetricsLog(path).write("eval", step=1, tokens=1, lr=1e-3, train_loss=1.0, val_loss=1.0)
-    train_bpe.draw_plot(path)
+    trainer.draw_plot(path)
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "pip install -r requirements-extra.txt" in out
     assert not (tmp_path / metrics.PLOT_NAME).exists()
@@ -78,6 +80,15 @@ def test_reader_keeps_only_the_latest_timeline(tmp_path):
     assert json.loads(path.read_text().splitlines()[3])["loss"] is None  # NaN is stored as valid JSON
 
 
-def test_disabled_log_writes_nothing(tmp_path):
-    metrics.MetricsLog(None).write("train", step=1)  # what a non-zero DDP rank gets
-    assert list(tmp_path.iterdir()) == []
+def test_non_finite_values_at_any_depth_are_stored_as_null(tmp_path):
+    path = tmp_path / metrics.METRICS_NAME
+    metrics.MetricsLog(path).write("start", step=0, config={"grad_clip": math.inf, "lrs": [1e-3, math.nan]})
+    record = json.loads(path.read_text())
+    assert record["config"] == {"grad_clip": None, "lrs": [1e-3, None]}
+
+
+def test_a_log_that_cannot_be_written_is_one_error_naming_it(tmp_path):
+    path = tmp_path / metrics.METRICS_NAME
+    path.mkdir()  # a folder where the file should be
+    with pytest.raises(OutputError, match=f"cannot append to {path}"):
+        metrics.MetricsLog(path).write("train", step=1)

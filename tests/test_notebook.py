@@ -2,11 +2,12 @@
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 NOTEBOOK = ROOT / "MiniTransformer_BPE_Tutorial.ipynb"
 
 
+@pytest.mark.slow
 def test_tutorial_notebook_runs_without_errors():
     nbformat = pytest.importorskip("nbformat", reason="running the notebook needs the nbformat extra")
     nbclient = pytest.importorskip("nbclient", reason="running the notebook needs the nbclient extra")

@@ -8,10 +8,12 @@ import torch
 import data
 import metrics
 import sample_bpe
-import spm
+import tokenizer
 import train_bpe
+import trainer
 from checkpoint import load_checkpoint, save_checkpoint
-from conftest import TINY_MODEL_ARGS, TINY_TEXT
+
+from helpers import TINY_MODEL_ARGS, TINY_TEXT
 
 try:
     import sentencepiece  # noqa: F401
@@ -25,12 +27,12 @@ UNSEEN = "  indented\tline\r\n\n中文 🦜 naïve ✓"
 
 @pytest.fixture(scope="module")
 def sp_tok(tiny_file):
-    return spm.train_sentencepiece(data.scan_corpus(data_file=tiny_file), vocab_size=400)
+    return tokenizer.train_sentencepiece(data.scan_corpus(data_file=tiny_file), vocab_size=400)
 
 
 @needs_spm
 def test_special_ids_match_the_byte_level_bpe(sp_tok):
-    for idx, piece in enumerate(data.SPECIAL_TOKENS):
+    for idx, piece in enumerate(tokenizer.SPECIAL_TOKENS):
         assert sp_tok.token_to_id(piece) == idx
     assert sp_tok.token_to_id("no such piece") is None
     assert sp_tok.get_vocab_size() <= 400
@@ -40,9 +42,9 @@ def test_special_ids_match_the_byte_level_bpe(sp_tok):
 @pytest.mark.parametrize("text", [TINY_TEXT, UNSEEN], ids=["corpus", "unseen"])
 def test_round_trip_is_exact_and_byte_lengths_add_up(sp_tok, text):
     ids = sp_tok.encode(text).ids
-    assert data.UNK_ID not in ids
+    assert 1 not in ids  # <unk>
     assert sp_tok.decode(ids) == text
-    assert int(data.token_byte_lengths(sp_tok)[ids].sum()) == len(text.encode("utf-8"))  # bits per byte is honest
+    assert int(tokenizer.byte_lengths(sp_tok)[ids].sum()) == len(text.encode("utf-8"))  # bits per byte is honest
     assert [e.ids for e in sp_tok.encode_batch([text, "x"])] == [ids, sp_tok.encode("x").ids]
 
 
@@ -53,19 +55,19 @@ def test_train_then_sample_with_sentencepiece(tiny_file, tmp_path, capsys):
             "--warmup_steps", "1", "--eval_interval", "6", "--eval_iters", "1", "--vocab_size", "400"]
     assert train_bpe.main([*args, "--tokenizer_type", "sentencepiece", "--tokenizer_path", str(tmp_path / "t.json")]) == 0
     model_file = tmp_path / "t.model"  # the suffix follows the tokenizer type
-    state = load_checkpoint(out / train_bpe.BEST_NAME)  # weights_only=True loads the embedded model
+    state = load_checkpoint(out / trainer.BEST_NAME)  # weights_only=True loads the embedded model
     assert state["tokenizer_type"] == "sentencepiece"
     assert state["tokenizer_model"].numpy().tobytes() == model_file.read_bytes()
 
     capsys.readouterr()
-    assert sample_bpe.main(["--ckpt", str(out / train_bpe.BEST_NAME), "--prompt", "ROMEO:", "--temperature", "0",
+    assert sample_bpe.main(["--ckpt", str(out / trainer.BEST_NAME), "--prompt", "ROMEO:", "--temperature", "0",
                             "--max_new_tokens", "8", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("ROMEO:") and len(text) > len("ROMEO:\n")
 
     # --resume continues with the embedded SentencePiece model; the metrics show one timeline.
-    assert train_bpe.main(["--resume", str(out / train_bpe.LAST_NAME), "--max_steps", "8"]) == 0
-    resumed = load_checkpoint(out / train_bpe.LAST_NAME)
+    assert train_bpe.main(["--resume", str(out / trainer.LAST_NAME), "--max_steps", "8"]) == 0
+    resumed = load_checkpoint(out / trainer.LAST_NAME)
     assert resumed["step"] == 8 and torch.equal(resumed["tokenizer_model"], state["tokenizer_model"])
     steps = [(r["kind"], r["step"]) for r in metrics.read_metrics(out / metrics.METRICS_NAME) if r["kind"] != "train"]
     assert steps == [("start", 0), ("eval", 6), ("start", 6), ("eval", 8)]
@@ -73,7 +75,7 @@ def test_train_then_sample_with_sentencepiece(tiny_file, tmp_path, capsys):
     # --tokenizer some.model reuses it: the new checkpoint embeds the very same model.
     out2 = tmp_path / "run2"
     assert train_bpe.main([*args[:2], "--out_dir", str(out2), *args[4:], "--tokenizer", str(model_file)]) == 0
-    state2 = load_checkpoint(out2 / train_bpe.BEST_NAME)
+    state2 = load_checkpoint(out2 / trainer.BEST_NAME)
     assert state2["tokenizer_type"] == "sentencepiece"
     assert torch.equal(state2["tokenizer_model"], state["tokenizer_model"])
 
@@ -88,7 +90,7 @@ def test_without_the_package_one_clear_line(tiny_file, tiny_run, tmp_path, monke
     assert not (tmp_path / "t.model").exists()
 
     # Sampling from a SentencePiece checkpoint says the same, naming the checkpoint.
-    state = load_checkpoint(tiny_run / train_bpe.BEST_NAME)
+    state = load_checkpoint(tiny_run / trainer.BEST_NAME)
     del state["tokenizer_json"]
     state.update(tokenizer_type="sentencepiece", tokenizer_model=torch.zeros(8, dtype=torch.uint8))
     ckpt = tmp_path / "sp.pt"

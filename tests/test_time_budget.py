@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+import evaluate
 import train_bpe
+import trainer
 from checkpoint import load_checkpoint
-from conftest import TINY_MODEL_ARGS
 from model import GPT, GPTConfig
 from schedule import budget_spent, lr_factor, parse_duration, progress
+
+from helpers import TINY_MODEL_ARGS
 
 
 def test_time_budget_drives_the_cosine_when_it_is_the_tighter_limit():
@@ -67,17 +70,17 @@ def test_bad_max_time_is_one_line_exit_2(capsys):
 def test_max_time_stops_training_then_evaluates_and_checkpoints(tiny_file, tmp_path, monkeypatch, capsys):
     # A fake clock that advances one second per reading: the 10 s budget ends long before 1000 steps.
     ticks = itertools.count()
-    monkeypatch.setattr(train_bpe, "clock", lambda: float(next(ticks)))
+    monkeypatch.setattr(trainer, "clock", lambda: float(next(ticks)))
     code = train_bpe.main([
         "--data_file", str(tiny_file), "--tokenizer_path", str(tmp_path / "tok.json"), "--out_dir", str(tmp_path),
         *TINY_MODEL_ARGS, "--max_steps", "1000", "--eval_interval", "500", "--eval_iters", "2",
         "--use_cosine", "--warmup_steps", "2", "--max_time", "10",
     ])
     assert code == 0
-    ckpt = load_checkpoint(tmp_path / train_bpe.LAST_NAME)
+    ckpt = load_checkpoint(tmp_path / trainer.LAST_NAME)
     assert 2 < ckpt["step"] < 10  # stopped on time, not on steps
     assert math.isfinite(ckpt["best_val_loss"])  # evaluated at the stop
-    assert (tmp_path / train_bpe.BEST_NAME).exists()
+    assert (tmp_path / trainer.BEST_NAME).exists()
     assert "time budget" in capsys.readouterr().out
 
 
@@ -92,27 +95,27 @@ def test_evaluate_stream_covers_every_token_once_whatever_the_batch():
         expected_sum += loss.item() * (window.size(1) - 1)
     expected = expected_sum / (len(tokens) - 1)
     for batch_size in (1, 3, 64):
-        assert train_bpe.evaluate_stream(model, tokens, batch_size, "cpu") == pytest.approx(expected, rel=1e-5)
+        assert evaluate.evaluate_stream(model, tokens, batch_size, "cpu") == pytest.approx(expected, rel=1e-5)
 
 
 def test_a_resumed_run_counts_the_time_already_trained(tiny_file, tmp_path, monkeypatch):
     ticks = itertools.count()
-    monkeypatch.setattr(train_bpe, "clock", lambda: float(next(ticks)))  # one second per reading
+    monkeypatch.setattr(trainer, "clock", lambda: float(next(ticks)))  # one second per reading
     common = ["--data_file", str(tiny_file), "--tokenizer_path", str(tmp_path / "tok.json"), "--out_dir", str(tmp_path)]
     assert train_bpe.main([*common, *TINY_MODEL_ARGS, "--max_steps", "4", "--eval_interval", "4",
                            "--eval_iters", "2", "--warmup_steps", "1"]) == 0
-    trained = load_checkpoint(tmp_path / train_bpe.LAST_NAME)["train_time"]
+    trained = load_checkpoint(tmp_path / trainer.LAST_NAME)["train_time"]
     assert trained > 0
     # A budget only a little above the time already spent ends the resumed run within a few steps.
-    last = str(tmp_path / train_bpe.LAST_NAME)
+    last = str(tmp_path / trainer.LAST_NAME)
     assert train_bpe.main(["--resume", last, "--max_steps", "1000", "--max_time", str(trained + 6)]) == 0
-    state = load_checkpoint(tmp_path / train_bpe.LAST_NAME)
+    state = load_checkpoint(tmp_path / trainer.LAST_NAME)
     assert 4 < state["step"] < 10 and state["train_time"] >= trained + 6
 
 
 def test_resume_refuses_a_different_optimizer(tiny_run, tmp_path, capsys):
-    shutil.copy(tiny_run / train_bpe.LAST_NAME, tmp_path / train_bpe.LAST_NAME)
-    code = train_bpe.main(["--resume", str(tmp_path / train_bpe.LAST_NAME), "--optimizer", "muon"])
+    shutil.copy(tiny_run / trainer.LAST_NAME, tmp_path / trainer.LAST_NAME)
+    code = train_bpe.main(["--resume", str(tmp_path / trainer.LAST_NAME), "--optimizer", "muon"])
     assert code == 2
     err = capsys.readouterr().err
     assert "--optimizer muon" in err and len(err.strip().splitlines()) == 1

@@ -1,11 +1,14 @@
 import torch
 from tokenizers import Tokenizer
 
+import cli
 import sample_bpe
 import train_bpe
-from checkpoint import load_checkpoint
-from conftest import TINY_MODEL_ARGS
+import trainer
+from checkpoint import load_checkpoint, load_model
 from model import GPT, GPTConfig
+
+from helpers import TINY_MODEL_ARGS
 
 
 def test_training_lowers_the_loss_and_writes_both_checkpoints(tiny_run, capsys):
@@ -30,7 +33,7 @@ def test_checkpoint_round_trip_gives_identical_logits(tiny_run):
     state = load_checkpoint(tiny_run / "bpe_best.pt")
     model = GPT(GPTConfig(**state["config"])).eval()
     model.load_state_dict(state["model"])
-    reloaded, _ = sample_bpe.load_model(tiny_run / "bpe_best.pt", torch.device("cpu"))
+    reloaded, *_ = load_model(tiny_run / "bpe_best.pt", torch.device("cpu"))
     idx = torch.randint(0, 300, (2, 20))
     assert torch.equal(model(idx)[0], reloaded(idx)[0])
 
@@ -75,15 +78,18 @@ def test_stream_decoder_never_splits_a_multibyte_character(tiny_tokenizer):
 
 
 def test_amp_dtype_choice():
-    assert train_bpe.amp_dtype("cuda", bf16_supported=True) == torch.bfloat16
-    assert train_bpe.amp_dtype("cuda", bf16_supported=False) == torch.float16  # needs the GradScaler
-    assert train_bpe.amp_dtype("cpu", bf16_supported=True) is None
-    assert train_bpe.amp_dtype("cuda", bf16_supported=True, enabled=False) is None
+    assert cli.amp_dtype("cuda", bf16_native=True) == torch.bfloat16
+    assert cli.amp_dtype("cuda", bf16_native=False) == torch.float16  # needs the GradScaler
+    assert cli.amp_dtype("cpu", bf16_native=True) == torch.bfloat16  # AVX512-BF16 / AMX: on by default
+    assert cli.amp_dtype("cpu", bf16_native=True, cpu_bf16=False) is None
+    assert cli.amp_dtype("cpu", bf16_native=False) is None  # emulated bf16 is slower than fp32
+    assert cli.amp_dtype("mps", bf16_native=True) is None
+    assert cli.amp_dtype("cuda", bf16_native=True, enabled=False) is None
 
 
 def test_weight_decay_only_on_matrices():
     model = GPT(GPTConfig(vocab_size=300, block_size=8, n_layer=1, n_head=2, n_embed=16))
-    decay, no_decay = train_bpe.make_optimizer(model, 1e-3, 0.1, "cpu").param_groups
+    decay, no_decay = trainer.make_optimizer(model, 1e-3, 0.1, "cpu").param_groups
     assert decay["weight_decay"] == 0.1 and all(p.dim() == 2 for p in decay["params"])
     assert no_decay["weight_decay"] == 0.0 and all(p.dim() == 1 for p in no_decay["params"])
     n_params = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
@@ -91,9 +97,10 @@ def test_weight_decay_only_on_matrices():
 
 
 def test_preset_values_yield_to_explicit_flags():
-    args = train_bpe.parse_args(["--preset", "cpu", "--n_layer", "3"])
+    args, typed = train_bpe.parse_args(["--preset", "cpu", "--n_layer", "3"])
     assert args.n_layer == 3 and args.n_embed == train_bpe.PRESETS["cpu"]["n_embed"]
-    assert train_bpe.parse_args([]).n_embed == 384  # the GPU defaults without a preset
+    assert typed == {"preset": "cpu", "n_layer": 3}
+    assert train_bpe.parse_args([])[0].n_embed == 384  # the GPU defaults without a preset
 
 
 def test_run_log_shows_config_device_params_and_effective_batch(tiny_file, tmp_path, capsys):

@@ -1,0 +1,447 @@
+"""The training loop: one optimizer step at a time, evaluated, saved and stoppable, in one process or under DDP.
+
+    run, state = setup(args, world, run_data, resume)
+    return fit(run, state, stop)
+
+``Run`` holds what stays fixed for a run (flags, data, the model as the loop calls it, precision, the
+metrics log); ``TrainState`` holds what moves from step to step (weights, optimizer, scaler, batch
+sampler, step, best validation loss, skipped steps, training time), and ``checkpoint_state`` builds a
+checkpoint from the two. ``fit`` reads top to bottom: learning rate, one optimizer step, log,
+evaluate and save, stop on a signal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import shlex
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import data
+import distributed
+import metrics
+import muon
+import resume as resume_
+import tokenizer
+from checkpoint import rng_state, save_checkpoint
+from cli import amp_dtype, bf16_supported
+from evaluate import estimate_loss
+from files import OutputError, check_file_target, check_free_space, check_writable, remove_stale_temps
+from model import GPT, GPTConfig
+from prepare import RunData
+from schedule import budget_spent, lr_factor, progress
+from stopping import GracefulStop, SkippedSteps, TrainingDiverged, finite_weights
+
+BEST_NAME, LAST_NAME = "bpe_best.pt", "mini_gpt_last.pt"
+clock = time.perf_counter  # the training loop's clock; tests replace it to fake the passing of time
+BAR_UNITS = 1000  # a time-budgeted run's bar counts thousandths of the budget
+
+
+@dataclass
+class Run:
+    """What stays fixed while a run trains."""
+
+    args: argparse.Namespace
+    world: distributed.World
+    data: RunData
+    model: torch.nn.Module  # what the loop calls: the raw model, compiled and/or wrapped in DDP
+    dtype: torch.dtype | None  # autocast dtype, None for fp32
+    log: metrics.MetricsLog
+    start_step: int = 0  # where this process started (0, or the step a resume continues from)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.args.batch_size * self.args.grad_accum_steps * self.world.size * self.args.block_size
+
+    @property
+    def last_path(self) -> Path:
+        return self.args.out_dir / LAST_NAME
+
+    @property
+    def best_path(self) -> Path:
+        return self.args.out_dir / BEST_NAME
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.world.device.type, dtype=self.dtype)
+
+
+@dataclass
+class TrainState:
+    """What changes from step to step, and what a checkpoint saves."""
+
+    raw_model: GPT  # the uncompiled, unwrapped module: its state_dict has plain names
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator  # the batch sampler's random stream
+    skipped: SkippedSteps
+    step: int = 0  # optimizer steps done
+    best_val: float = math.inf
+    time_before: float = 0.0  # seconds trained by earlier runs of this checkpoint (they count for --max_time)
+    started: float = field(default_factory=lambda: clock())  # the clock when this process's loop began
+    saved_step: int | None = None  # the step mini_gpt_last.pt holds, when this process knows it
+    saved_val: float = math.nan  # and its validation loss
+
+    def elapsed(self) -> float:
+        """Seconds trained, earlier runs of this checkpoint included."""
+        return self.time_before + clock() - self.started
+
+
+# --------------------------------------------------------------------------- set up
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device_type: str,
+                   name: str = "adamw", muon_lr: float = 0.02):
+    """AdamW with weight decay on matrices (weights, embeddings) only, not on biases or LayerNorm gains.
+
+    name="muon": the Transformer blocks' weight matrices take Muon steps at muon_lr instead (muon.py).
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if name == "muon":
+        hidden = muon.hidden_matrices(model)
+        groups = [
+            {"params": [p for n, p in named if n in hidden], "weight_decay": weight_decay, "muon": True,
+             "lr_scale": muon_lr / lr},
+            {"params": [p for n, p in named if n not in hidden and p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return muon.MuonAdamW(groups, lr=lr)
+    groups = [
+        {"params": [p for _, p in named if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # betas (0.9, 0.95) as GPT-3 and nanoGPT train; fused kernels only exist for CUDA tensors.
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device_type == "cuda")
+
+
+def checkpoint_bytes(args) -> int:
+    """About how big one checkpoint of this run will be: fp32 weights, AdamW's two moments, the tokenizer.
+
+    Counted from the GPT-2 layout (tied embeddings; per block 12·C² weights and 13·C biases and gains)
+    rather than by building the model, which is slow for a large one.
+    """
+    C = args.n_embed
+    params = (args.vocab_size + args.block_size) * C + args.n_layer * (12 * C * C + 13 * C) + 2 * C
+    return 3 * 4 * params + 100 * args.vocab_size
+
+
+def check_outputs(args, trains_tokenizer: bool) -> None:
+    """Fails now, not after an hour of training, when an output cannot be written (rank 0 only)."""
+    check_writable(args.out_dir, "--out_dir")
+    for name in (BEST_NAME, LAST_NAME, metrics.METRICS_NAME, metrics.PLOT_NAME):
+        check_file_target(args.out_dir / name, "--out_dir")
+    # Room for best + last + the temporary file of a save.
+    check_free_space(args.out_dir, 3 * checkpoint_bytes(args), "--out_dir", names=(BEST_NAME, LAST_NAME))
+    if trains_tokenizer:
+        check_file_target(args.tokenizer_path, "--tokenizer_path")
+    if args.cache_dir is not None:
+        check_writable(args.cache_dir, "--cache_dir")
+    for stale in remove_stale_temps(args.out_dir, (BEST_NAME, LAST_NAME)):
+        print(f"removed {stale}, left by a run that was killed while saving")
+
+
+def setup(args, world: distributed.World, run_data: RunData,
+          resume: resume_.Resume | None = None) -> tuple[Run, TrainState]:
+    """Builds the model, optimizer and state for step 0, or restores them from a checkpoint."""
+    torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also copies rank 0's)
+    device = world.device
+    config = GPTConfig(vocab_size=run_data.tok.get_vocab_size(), block_size=args.block_size, n_layer=args.n_layer,
+                       n_head=args.n_head, n_embed=args.n_embed, dropout=args.dropout)
+    raw_model = GPT(config).to(device)
+    model = torch.compile(raw_model) if args.compile else raw_model  # checkpoints save raw_model
+    model = world.wrap(model)  # DDP under torchrun (averages gradients across ranks); unchanged otherwise
+    if world.rank:  # other dropout masks on every rank; rank 0 keeps the stream of a single process
+        torch.manual_seed(world.rank_seed(args.seed))
+    dtype = amp_dtype(device.type, bf16_supported(device), args.amp, args.cpu_bf16)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~free speed on Ampere and later
+        torch.backends.cudnn.allow_tf32 = True
+    state = TrainState(
+        raw_model=raw_model,
+        optimizer=make_optimizer(raw_model, args.lr, args.weight_decay, device.type, args.optimizer, args.muon_lr),
+        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        generator=torch.Generator().manual_seed(world.rank_seed(args.seed)),  # each rank draws other batches
+        skipped=SkippedSteps(args.max_bad_steps),
+    )
+    if resume is not None:
+        restore(state, resume, world)
+    log = metrics.MetricsLog(args.out_dir / metrics.METRICS_NAME if world.is_main else None)  # one writer
+    run = Run(args, world, run_data, model, dtype, log, start_step=state.step)
+    ranks = f" x {world.size} processes" if world.enabled else ""
+    sequences = args.batch_size * args.grad_accum_steps * world.size
+    print(f"device: {device}, precision: {dtype or torch.float32}, parameters: {raw_model.num_params() / 1e6:.2f}M, "
+          f"effective batch: {args.batch_size} x {args.grad_accum_steps}{ranks} = {sequences} "
+          f"sequences ({run.tokens_per_step:,} tokens) per step")
+    log.write("start", step=state.step, tokens_per_step=run.tokens_per_step, config=plain_flags(args))
+    return run, state
+
+
+def restore(state: TrainState, resume: resume_.Resume, world: distributed.World) -> None:
+    """Puts a checkpoint's weights, optimizer, scaler, random streams and counters into state."""
+    saved = resume.state
+    rng, note = world.rng_for_resume(saved, fresh=rng_state(state.generator))
+    if note:
+        print(f"note: {note}")
+    resume_.restore_training_state({**saved, "rng": rng}, resume.path, state.raw_model, state.optimizer,
+                                   state.scaler, state.generator)
+    state.step = state.saved_step = int(saved["step"])
+    state.best_val = float(saved["best_val_loss"])
+    state.skipped.total = int(saved.get("skipped_steps", 0))
+    state.time_before = float(saved.get("train_time", 0.0))
+
+
+def plain_flags(args) -> dict:
+    """The resolved flags as plain values (paths as strings), for the log and the checkpoint."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def fit(run: Run, state: TrainState, stop: GracefulStop) -> int:
+    """Trains from state.step to --max_steps or the end of --max_time; returns the exit code."""
+    args = run.args
+    state.started = clock()
+    with progress_bar(run, state) as bar:
+        stop.arm()  # from here a first Ctrl-C lets the step finish and saves
+        while state.step < args.max_steps:
+            lr = set_learning_rate(run, state)
+            loss = train_step(run, state)
+            state.step += 1
+            finished = budget_spent(state.step, args.max_steps, run.world.max(state.elapsed()), args.max_time)
+            report(run, state, bar, loss, lr)
+            if state.step % args.eval_interval == 0 or finished:
+                evaluate_and_save(run, state)
+            signum = run.world.agreed_signal(stop.signum)  # under torchrun every rank stops after the same step
+            if signum and not finished:
+                return stopped(run, state, bar, signum)
+            if finished:
+                break
+    return finish(run, state)
+
+
+def set_learning_rate(run: Run, state: TrainState) -> float:
+    """The scheduled learning rate for this step, set on every parameter group."""
+    args = run.args
+    # Under torchrun every rank uses the same (slowest) clock, or their learning rates and stops would differ.
+    factor = lr_factor(state.step, args.warmup_steps, args.max_steps, args.min_lr_factor,
+                       run.world.max(state.elapsed()), args.max_time)
+    lr = args.lr * (factor if args.use_cosine else 1.0)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def train_step(run: Run, state: TrainState) -> float:
+    """One optimizer step over grad_accum_steps micro-batches; returns the mean loss of its batches.
+
+    A non-finite loss or gradient skips the step; too many in a row raise TrainingDiverged.
+    """
+    args, world, device = run.args, run.world, run.world.device
+    loss_sum = torch.zeros((), device=device)
+    for micro_step in range(args.grad_accum_steps):
+        x, y = run.data.token_data.get_batch("train", args.batch_size, state.generator)
+        if device.type == "cuda":
+            x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        else:
+            x, y = x.to(device), y.to(device)
+        with world.grad_sync(run.model, sync=micro_step == args.grad_accum_steps - 1):
+            with run.autocast():
+                _, loss = run.model(x, y)
+            loss_sum += loss.detach()
+            # mean over the micro-steps here; DDP's all-reduce then averages over the ranks
+            state.scaler.scale(loss / args.grad_accum_steps).backward()
+    state.scaler.unscale_(state.optimizer)  # a no-op without fp16 scaling
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.raw_model.parameters(), args.grad_clip or math.inf)
+    # A NaN/inf loss or gradient would poison the weights and Adam's moments: skip the step instead.
+    loss_ok, grads_ok = torch.stack([loss_sum, grad_norm]).isfinite().tolist()  # one device sync
+    loss_ok = world.all(loss_ok)  # gradients are averaged, losses are not: every rank skips together
+    if state.skipped.record(loss_ok, grads_ok, state.scaler.is_enabled()):
+        state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.optimizer.zero_grad(set_to_none=True)
+    if state.skipped.diverged:
+        raise TrainingDiverged(
+            f"training diverged: {state.skipped.in_a_row} steps in a row up to step {state.step + 1} had a "
+            f"non-finite loss or gradient (--max_bad_steps {args.max_bad_steps}); {kept_checkpoint(run, state)}"
+        )
+    return loss_sum.item() / args.grad_accum_steps
+
+
+def report(run: Run, state: TrainState, bar: tqdm, loss: float, lr: float) -> None:
+    """Moves the bar, shows loss / lr / speed / epoch on it, and logs a train record every --log_interval."""
+    args = run.args
+    elapsed = run.world.max(state.elapsed())
+    postfix = dict(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_second(run, state):,.0f}",
+                   epoch=f"{epoch(run, state):.2f}")
+    if state.skipped.total:
+        postfix["skipped"] = state.skipped.total
+    if args.max_time:
+        postfix = {"step": state.step, **postfix}
+        bar.update(bar_position(run, state.step, elapsed) - bar.n)
+    else:
+        bar.update(1)
+    bar.set_postfix(postfix, refresh=False)
+    if state.step % args.log_interval == 0:
+        run.log.write("train", **progress_fields(run, state, lr), loss=loss)
+
+
+def tokens_per_second(run: Run, state: TrainState) -> float:
+    """Training speed of this process's run so far (a resume counts from where it started)."""
+    return (state.step - run.start_step) * run.tokens_per_step / max(clock() - state.started, 1e-9)
+
+
+def progress_fields(run: Run, state: TrainState, lr: float) -> dict:
+    """Where the run is, for every metrics record: step, tokens, seconds, lr, speed, epoch."""
+    return dict(step=state.step, tokens=state.step * run.tokens_per_step, elapsed=round(state.elapsed(), 3),
+                lr=lr, tok_s=round(tokens_per_second(run, state), 1), epoch=round(epoch(run, state), 4))
+
+
+def epoch(run: Run, state: TrainState) -> float:
+    """Passes over the training tokens so far (tokens seen / training tokens)."""
+    return state.step * run.tokens_per_step / max(len(run.data.token_data.train), 1)
+
+
+def evaluate_and_save(run: Run, state: TrainState) -> None:
+    """Estimates train and val loss, then writes mini_gpt_last.pt (and bpe_best.pt on a new best).
+
+    A model whose weights or validation loss are not finite is never saved: the checkpoints on disk
+    stay the last good ones.
+    """
+    args, world = run.args, run.world
+    losses = estimate_loss(run.model, run.data.token_data, args.batch_size, args.eval_iters, world.device,
+                           run.autocast, world.rank_seed(args.seed + 1))
+    losses = {split: world.mean(loss) for split, loss in losses.items()}  # every rank agrees on "best"
+    val = losses["val"]
+    token_data = run.data.token_data
+    bpb = data.bits_per_byte(val, len(token_data.val), token_data.val_bytes)
+    healthy = math.isfinite(val) and finite_weights(state.raw_model)
+    is_best = healthy and val < state.best_val
+    if is_best:
+        state.best_val = val
+    run.log.write("eval", **progress_fields(run, state, state.optimizer.param_groups[0]["lr"]),
+                  train_loss=losses["train"], val_loss=val, val_ppl=math.exp(min(val, 700)), val_bpb=bpb)
+    note = ""
+    if healthy:
+        save(run, state, run.last_path)
+        if is_best:
+            save(run, state, run.best_path)
+            note = " (best, saved)"
+    else:
+        note = f"; not finite: {run.last_path} not overwritten"
+    tqdm.write(f"step {state.step}: train loss {losses['train']:.4f}, val loss {val:.4f}, "
+               f"val ppl {math.exp(min(val, 700)):.2f}, val bits/byte {bpb:.3f}{note}")
+
+
+def stopped(run: Run, state: TrainState, bar: tqdm, signum: int) -> int:
+    """After a signal: save where we are (if sound), tell how to continue, exit as the signal would."""
+    if state.saved_step != state.step and finite_weights(state.raw_model):
+        save(run, state, run.last_path)
+    bar.close()
+    draw_plot(run.log.path)
+    # The script as it was started (e.g. src/train_bpe.py), so the command works from the same folder.
+    script = sys.argv[0] if Path(sys.argv[0]).name == "train_bpe.py" else "train_bpe.py"
+    print(f"stopped by {signal.Signals(signum).name} at step {state.step}; continue with: "
+          f"{run.world.launcher()} {shlex.quote(script)} --resume {shlex.quote(str(run.last_path))}")
+    # No rank leaves before rank 0 is done: torchrun stops the remaining ranks once one has exited.
+    run.world.barrier()
+    return 128 + signum  # as a shell reports a process ended by the signal: 130 for SIGINT, 143 SIGTERM
+
+
+def finish(run: Run, state: TrainState) -> int:
+    """The end of a run: the plot, the summary, and where the best model is."""
+    args = run.args
+    draw_plot(run.log.path)
+    if state.step < args.max_steps:
+        print(f"time budget of {args.max_time:.0f}s spent after {state.step} of {args.max_steps} steps")
+    if run.world.enabled:
+        print(run.world.compare_weights(state.raw_model))
+    if not math.isfinite(state.best_val):
+        raise TrainingDiverged(
+            f"training produced no model with a finite validation loss ({state.skipped.total} of "
+            f"{state.step - run.start_step} steps skipped): lower --lr and train again"
+        )
+    print(f"done in {state.elapsed():.0f}s; best val loss {state.best_val:.4f}; "
+          f"sample with: python sample_bpe.py --ckpt {run.best_path}")
+    return 0
+
+
+# --------------------------------------------------------------------------- checkpoints and progress
+
+
+def checkpoint_state(run: Run, state: TrainState, rngs: list[dict]) -> dict:
+    """Everything a checkpoint holds: the model and its tokenizer, and all a resume needs to continue exactly."""
+    return {
+        "model": state.raw_model.state_dict(),
+        "config": asdict(state.raw_model.config),
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "step": state.step,
+        "world_size": run.world.size,
+        "best_val_loss": state.best_val,
+        "rng": rngs[0],
+        **({"rng_ranks": rngs} if run.world.enabled else {}),
+        "corpus_fingerprint": run.data.fingerprint,
+        "skipped_steps": state.skipped.total,
+        "train_time": state.elapsed(),  # seconds trained so far, resumes included, for --max_time
+        "args": plain_flags(run.args),
+        "tokenizer_path": str(run.data.tok_path),
+        **tokenizer.checkpoint_fields(run.data.tok),
+    }
+
+
+def save(run: Run, state: TrainState, path: Path) -> None:
+    """Writes a checkpoint of the current state (rank 0 writes; every rank contributes its random streams)."""
+    rngs = run.world.gather(rng_state(state.generator))  # every rank's streams, so a resume under DDP is exact
+    if not run.world.is_main:  # every rank holds the same weights; one writer
+        return
+    save_checkpoint(path, checkpoint_state(run, state, rngs))
+    if path == run.last_path:
+        state.saved_step = state.step
+
+
+def kept_checkpoint(run: Run, state: TrainState) -> str:
+    """What a stopped run leaves to continue from, said truthfully."""
+    if state.saved_step is None:
+        return "nothing was saved: start again with a lower --lr"
+    by = "as it was before this run" if state.saved_step == run.start_step else "saved by this run"
+    return f"{run.last_path} holds step {state.saved_step} ({by}): resume it with a lower --lr"
+
+
+def bar_position(run: Run, step: int, elapsed: float) -> int:
+    return int(BAR_UNITS * progress(step, run.args.max_steps, elapsed, run.args.max_time))
+
+
+def progress_bar(run: Run, state: TrainState) -> tqdm:
+    """Steps out of --max_steps; with --max_time, the share of the run spent (the larger of steps and time),
+    so that its ETA follows whichever limit ends the run first."""
+    if run.args.max_time:
+        start = bar_position(run, state.step, state.time_before)
+        return tqdm(total=BAR_UNITS, initial=start, desc="training", dynamic_ncols=True,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
+    return tqdm(total=run.args.max_steps, initial=state.step, desc="training", unit=" steps", dynamic_ncols=True)
+
+
+def draw_plot(metrics_path: Path | None) -> None:
+    """loss.png beside the metrics file, or one line on how to get it; nothing before the first record."""
+    if metrics_path is None:  # a DDP rank other than 0: it keeps no metrics
+        return
+    if not metrics.have_matplotlib():
+        print(f"{metrics.PLOT_HINT}; the numbers are in {metrics_path}")
+        return
+    try:
+        print(f"loss plot: {metrics.plot_metrics(metrics_path, metrics_path.with_name(metrics.PLOT_NAME))}")
+    except metrics.MetricsError:  # stopped before the first record: nothing to draw yet
+        pass
+    except OSError as exc:
+        raise OutputError(f"cannot write {metrics_path.with_name(metrics.PLOT_NAME)} ({exc.strerror or exc}); "
+                          f"the checkpoints are saved") from None
