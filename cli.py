@@ -7,6 +7,7 @@ never imports another script. A user's mistake in a flag is one line on stderr a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import math
 import os
@@ -187,21 +188,75 @@ def amp_dtype(device_type: str, bf16_native: bool, enabled: bool = True, cpu_bf1
 # --------------------------------------------------------------------------- output and interruptions
 
 
-def quiet_broken_pipe() -> None:
-    """After stdout's reader went away (`| head`): point stdout at /dev/null so the exit flush cannot fail."""
+def silence_stdout() -> None:
+    """Points stdout at /dev/null (after its reader went away, `| head`), so no later flush can fail."""
     try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (OSError, ValueError, AttributeError):
         pass
 
 
-def ensure_streams() -> None:
-    """A script started with stdout or stderr closed (`>&-`) writes into /dev/null instead of failing."""
+def prepare_streams() -> bool:
+    """Makes stdout and stderr safe to print to; returns False when stdout was closed (`>&-`).
+
+    A closed stream becomes /dev/null (Python leaves it None, and tqdm would fail on it); a file name
+    that is not UTF-8 prints as escapes rather than failing on a strict UTF-8 terminal.
+    """
+    was_open = sys.stdout is not None
     for name, fd in (("stdout", 1), ("stderr", 2)):
-        if getattr(sys, name) is None:
-            try:
-                os.fstat(fd)
-            except OSError:
+        stream = getattr(sys, name)
+        if stream is None:
+            with contextlib.suppress(OSError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
             setattr(sys, name, open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False))
+        elif hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):
+                stream.reconfigure(errors="backslashreplace")
+    return was_open
+
+
+class KeepGoingStdout:
+    """stdout for a long run: if it cannot be written any more (`| head`, a full disk), the run goes on.
+
+    The first failed write or flush says so once on stderr, then output goes to /dev/null: a training
+    run must not be lost because the program reading its log went away.
+    """
+
+    def __init__(self, stream, prog: str):
+        self.stream, self.prog, self.failed = stream, prog, False
+
+    def _guard(self, call, *args):
+        if self.failed:
+            return None
+        try:
+            return call(*args)
+        except (OSError, ValueError) as exc:  # ValueError: the stream was closed under us
+            self.failed = True
+            silence_stdout()
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                sys.stderr.write(f"{self.prog}: note: stdout cannot be written ({why}); "
+                                     f"carrying on without it\n")
+            return None
+
+    def write(self, text: str) -> int:
+        self._guard(self.stream.write, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._guard(self.stream.flush)
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...: the real stream's
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def keep_going_stdout(prog: str):
+    """While active, a failing stdout is dropped instead of ending the program (see KeepGoingStdout)."""
+    previous = sys.stdout
+    sys.stdout = KeepGoingStdout(previous, prog)
+    try:
+        yield
+    finally:
+        sys.stdout = previous
 

@@ -39,6 +39,7 @@ OUTPUT_REASON = "output of this run"  # --out_dir, the token cache or the tokeni
 IGNORED_REASONS = frozenset({"other extension", "ignored folder", OUTPUT_REASON})  # not problems, not text we read
 
 VAL_FRACTION = 0.1
+UTF16_REASON = "UTF-16 (convert it to UTF-8)"
 BINARY_SNIFF_BYTES = 8192  # a NUL byte in the first 8 KiB marks a file as binary (as git does)
 
 # The tokenizer's working memory is ~100 bytes per input character (it keeps per-byte alignments while
@@ -119,6 +120,8 @@ def _check_file(path: str) -> str | None:
         with open(path, "rb") as f:
             first = True
             while chunk := f.read(READ_CHUNK):
+                if first and chunk.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                    return UTF16_REASON  # Windows tools write text this way: NULs everywhere, but not binary
                 if first and b"\x00" in chunk[:BINARY_SNIFF_BYTES]:
                     return "binary"
                 first = False
@@ -226,6 +229,9 @@ def scan_corpus(data_file: str | Path | None = None, data_dir: str | Path | None
         if os.path.isdir(path):
             raise DataError(f"--data_file {path} is a folder: use --data_dir {path} instead")
         reason = _check_file(path)
+        if reason == UTF16_REASON:
+            raise DataError(f"--data_file {path} is UTF-16 text: convert it to UTF-8, e.g. "
+                            f"iconv -f UTF-16 -t UTF-8 {path} > {Path(path).stem}-utf8.txt")
         if reason:
             raise DataError(f"--data_file {path} is {reason}: pass a non-empty UTF-8 text file")
         candidates = [path]

@@ -10,11 +10,16 @@ safetensors package; loading it needs transformers (both in requirements-extra.t
 
 from __future__ import annotations
 
+import signal
+import sys
+
+if __name__ == "__main__":  # Ctrl-C while the imports below load (a second or two): leave without a traceback
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
+
 import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -22,6 +27,7 @@ import cli
 import data
 import tokenizer
 from checkpoint import CheckpointError, embedded_tokenizer, load_checkpoint
+from files import advice, reason
 
 EXAMPLES = """examples:
   python export_hf.py --ckpt bpe_best.pt --out hf_model/
@@ -131,7 +137,7 @@ def export(ckpt, out: Path, overwrite: bool = False) -> Path:
         raise ExportError(f"checkpoint {ckpt} uses a {state['tokenizer_type']} tokenizer; only byte-level BPE "
                           f"checkpoints can be exported for now")
     try:
-        from safetensors.torch import save_file
+        import safetensors.torch  # noqa: F401
     except ImportError:
         raise ExportError("export needs the safetensors package: pip install -r requirements-extra.txt") from None
     out = Path(out)
@@ -142,7 +148,20 @@ def export(ckpt, out: Path, overwrite: bool = False) -> Path:
     tok = embedded_tokenizer(state, f"--ckpt {ckpt}")
     specials = tokenizer.checkpoint_special_ids(state, tok)
 
-    # Everything is written to a temporary folder first, so a failure leaves --out as it was.
+    try:
+        write_folder(state, tok, specials, out)
+    except OSError as exc:
+        raise ExportError(f"--out {out} cannot be written ({reason(exc)}): {advice(exc)}") from None
+    return out
+
+
+def write_folder(state: dict, tok, specials: tokenizer.SpecialIds, out: Path) -> None:
+    """Writes the export into a temporary folder beside out, then moves the files in: a failure leaves out as it was."""
+    from safetensors.torch import save_file
+
+    blocker = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise NotADirectoryError(20, f"{blocker} is a file, not a folder", str(blocker))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
@@ -159,16 +178,20 @@ def export(ckpt, out: Path, overwrite: bool = False) -> Path:
             os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def main(argv=None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    cli.prepare_streams()
     args = build_parser().parse_args(argv)
     try:
         out = export(args.ckpt, args.out, args.overwrite)
     except (ExportError, CheckpointError, data.DataError) as exc:
         print(f"export_hf.py: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the temporary folder is gone; --out is as it was
+        print("\nexport_hf.py: interrupted; --out was left as it was", file=sys.stderr)
+        return 130
     print(f"exported {args.ckpt} to {out}/ ({', '.join(OUTPUT_FILES)})")
     return 0
 

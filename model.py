@@ -209,7 +209,10 @@ def sample_next(
     """Picks one token per row of (B, vocab) logits. temperature 0 = argmax; top_k 0 and top_p 1 = off."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    # Shifted so the largest is 0 before dividing: a tiny temperature then gives -inf for the others, never
+    # inf - inf = nan (the softmax is the same for any shift).
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k > 0:
         k = min(top_k, logits.size(-1))  # a top_k above the vocabulary means "all of them"
         kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)

@@ -89,6 +89,13 @@ def load(path: Path, defaults: dict, typed: dict, path_flags: set[str]) -> tuple
             f"--resume {path} is already at step {state['step']} of --max_steps {args.max_steps}: "
             f"pass a larger --max_steps to train further"
         )
+    trained = float(state.get("train_time", 0.0))
+    if args.max_time and trained >= args.max_time:
+        raise CheckpointError(
+            f"--resume {path} has already trained {trained:.0f}s of its --max_time {args.max_time:.0f}s: "
+            f"pass a larger --max_time (e.g. --max_time {2 * args.max_time:.0f}) or --max_time 0 to train on "
+            f"to --max_steps"
+        )
     line = f"resuming from {path} at step {state['step']}" + (f"; changed: {', '.join(changes)}" if changes
                                                                else "; same settings")
     return args, Resume(path, state, frozenset(typed)), line

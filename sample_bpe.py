@@ -5,8 +5,13 @@
 
 from __future__ import annotations
 
-import argparse
+import signal
 import sys
+
+if __name__ == "__main__":  # Ctrl-C while the imports below load (a second or two): leave without a traceback
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
+
+import argparse
 
 import torch
 from tqdm import tqdm
@@ -28,13 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=cli.HelpFormatter,
     )
     p.add_argument("--ckpt", default="bpe_best.pt", help="checkpoint written by train_bpe.py")
-    p.add_argument("--prompt", default="", help="text to continue (empty: start from <bos>)")
-    p.add_argument("--max_new_tokens", type=int, default=300, help="tokens to generate per sample")
-    p.add_argument("--temperature", type=float, default=0.9, help="randomness; 0 = always the likeliest token")
-    p.add_argument("--top_k", type=int, default=80, help="sample among the k likeliest tokens (0 = all)")
-    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling: smallest set with this mass (1 = off)")
-    p.add_argument("--num_samples", type=int, default=1, help="how many samples to write, one after another")
-    p.add_argument("--seed", type=int, default=1337, help="random seed (same seed, same text)")
+    p.add_argument("--prompt", default="", type=cli.utf8_text, help="text to continue (empty: start from <bos>)")
+    p.add_argument("--max_new_tokens", type=cli.bounded_int(1, 10**9), default=300, help="tokens to generate per sample")
+    p.add_argument("--temperature", type=cli.finite_float, default=0.9,
+                   help="randomness; 0 = always the likeliest token")
+    p.add_argument("--top_k", type=cli.bounded_int(0, 10**9), default=80,
+                   help="sample among the k likeliest tokens (0 = all)")
+    p.add_argument("--top_p", type=cli.finite_float, default=1.0,
+                   help="nucleus sampling: smallest set with this mass (1 = off)")
+    p.add_argument("--num_samples", type=cli.bounded_int(1, 10**6), default=1,
+                   help="how many samples to write, one after another")
+    p.add_argument("--seed", type=cli.seed_int, default=1337, help="random seed (same seed, same text)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--stop_at_eos", action="store_true", help="end a sample at the end-of-document token")
     return p
@@ -59,22 +68,31 @@ def check_args(args) -> str | None:
 
 
 class StreamDecoder:
-    """Turns token ids into text piece by piece, holding back an unfinished multi-byte character."""
+    """Turns token ids into text piece by piece, holding back an unfinished multi-byte character.
+
+    Only the ids since the last finished piece are decoded, with the one before them as context (a
+    tokenizer may decode an id differently at the start of a text): the cost per token stays constant
+    however long the text grows.
+    """
+
+    MAX_PENDING = 16  # ids that never complete a character (invalid UTF-8) are let out after this many
 
     def __init__(self, tok):
-        self.tok, self.ids, self.emitted = tok, [], 0
+        self.tok, self.ids, self.context = tok, [], 0  # ids[:context] were already emitted
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
         text = self.tok.decode(self.ids)
-        if text.endswith("\ufffd"):  # a character whose bytes have not all arrived yet
-            return ""
-        new, self.emitted = text[self.emitted :], len(text)
-        return new
+        if text.endswith("\ufffd") and len(self.ids) - self.context < self.MAX_PENDING:
+            return ""  # a character whose bytes have not all arrived yet
+        return self._emit(text)
 
     def flush(self) -> str:
-        text = self.tok.decode(self.ids)
-        new, self.emitted = text[self.emitted :], len(text)
+        return self._emit(self.tok.decode(self.ids))
+
+    def _emit(self, text: str) -> str:
+        new = text[len(self.tok.decode(self.ids[: self.context])) :]
+        self.ids, self.context = self.ids[-1:], min(len(self.ids), 1)
         return new
 
 
@@ -109,12 +127,16 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C from here is a KeyboardInterrupt
+    stdout_open = cli.prepare_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     problem = check_args(args)
     if problem:
         parser.error(problem)
     try:
+        if not stdout_open:
+            raise CheckpointError("stdout is closed, so the sample has nowhere to go: redirect it (> sample.txt)")
         return run(args)
     except CheckpointError as exc:
         print(f"sample_bpe.py: error: {exc}", file=sys.stderr)
@@ -123,8 +145,14 @@ def main(argv=None) -> int:
         print(file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly
-        cli.quiet_broken_pipe()
+        cli.silence_stdout()
         return 0
+    except OSError as exc:  # stdout cannot be written: a full disk, /dev/full
+        if exc.filename is not None:  # not stdout: a genuine bug to report
+            raise
+        cli.silence_stdout()
+        print(f"sample_bpe.py: error: cannot write the sample to stdout ({exc.strerror or exc})", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

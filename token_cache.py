@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 import data
 import tokenizer
-from files import atomic_write_text
+from files import advice, atomic_write_text, new_file_mode
+from files import reason as reason_of
 
 CACHE_FORMAT, CACHE_VERSION = "mini-gpt-token-cache", 1
 CACHE_BIN, CACHE_META = "tokens.bin", "tokens.json"
@@ -77,8 +78,8 @@ class TokenCache:
             atomic_write_text(meta_path, json.dumps(self.meta, indent=1))
         except OSError as exc:
             self.discard()
-            raise data.DataError(f"--cache_dir {self.path.parent}: cannot write the token cache "
-                                 f"({exc.strerror or exc}); free some disk space or pick another folder") from None
+            raise data.DataError(f"the token cache in {self.path.parent} cannot be written ({reason_of(exc)}): "
+                                 f"{advice(exc)}") from None
 
     def discard(self) -> None:
         if self.pending is None:
@@ -159,9 +160,14 @@ def reuse_or_encode(corpus: data.Corpus, tok, cache_dir: str | Path) -> TokenCac
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         pending, meta = encode_to_file(corpus, tok, cache_dir, key)
-    except OSError as exc:  # reading the corpus raises DataError; this is the cache folder or the disk
-        raise data.DataError(f"--cache_dir {cache_dir}: cannot write the token cache ({exc.strerror or exc}); "
-                             f"free some disk space or pick another folder") from None
+    except BaseException as exc:  # a bad corpus, a full disk, Ctrl-C: leave no empty folder behind
+        if made_dir:
+            with contextlib.suppress(OSError):
+                cache_dir.rmdir()
+        if isinstance(exc, OSError):  # reading the corpus raises DataError; this is the cache folder or the disk
+            raise data.DataError(f"the token cache in {cache_dir} cannot be written ({reason_of(exc)}): "
+                                 f"{advice(exc)}") from None
+        raise
     return TokenCache(cache_dir / CACHE_BIN, meta, reused=False, reason=reason, pending=pending, made_dir=made_dir)
 
 
@@ -176,6 +182,7 @@ def encode_to_file(corpus: data.Corpus, tok, cache_dir: Path, key: dict) -> tupl
     num_tokens, eos = 0, tokenizer.special_ids(tok).eos
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{CACHE_BIN}.", suffix=".tmp")
     try:
+        os.chmod(tmp, new_file_mode())  # mkstemp makes it private (0600); the cache's other files are not
         with os.fdopen(fd, "wb") as f, tqdm(total=corpus.total_bytes, desc="encoding", unit="B",
                                             unit_scale=True, leave=False) as bar:
             for ids, ends in data.encode_pieces(tok, data.document_pieces(order), eos, bar):

@@ -7,8 +7,13 @@
 
 from __future__ import annotations
 
-import argparse
+import signal
 import sys
+
+if __name__ == "__main__":  # Ctrl-C while the imports below load (a second or two): leave without a traceback
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
+
+import argparse
 import textwrap
 from pathlib import Path
 
@@ -202,6 +207,9 @@ def check_args(args) -> str | None:
     for name in ("weight_decay", "grad_clip"):
         if getattr(args, name) < 0:
             return f"--{name} must not be negative, got {getattr(args, name)}"
+    if args.lr * args.weight_decay >= 1:  # decoupled decay multiplies every weight by 1 - lr * weight_decay
+        return (f"--weight_decay {args.weight_decay} with --lr {args.lr} would shrink every weight to zero or "
+                f"below in one step: keep --lr x --weight_decay below 1 (0.1 is usual)")
     try:
         cli.resolve_device(args.device)
     except ValueError as exc:
@@ -245,6 +253,13 @@ def train(args, resumed: resume.Resume | None, world: distributed.World, stop: G
 
 
 def main(argv=None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # GracefulStop takes over once the flags are read
+    cli.prepare_streams()
+    with cli.keep_going_stdout("train_bpe.py"):  # a closed pipe on stdout (`| head`) must not end a training run
+        return run_main(argv)
+
+
+def run_main(argv) -> int:
     rank = distributed.env_rank()  # set by torchrun; 0 for a single process
     with distributed.quiet(rank != 0):  # every rank parses the same flags: rank 0 reports a mistake
         args, typed = parse_args(argv)

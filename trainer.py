@@ -89,7 +89,7 @@ class TrainState:
     time_before: float = 0.0  # seconds trained by earlier runs of this checkpoint (they count for --max_time)
     started: float = field(default_factory=lambda: clock())  # the clock when this process's loop began
     saved_step: int | None = None  # the step mini_gpt_last.pt holds, when this process knows it
-    saved_val: float = math.nan  # and its validation loss
+    healthy: bool = True  # whether the latest evaluation found finite weights and a finite validation loss
 
     def elapsed(self) -> float:
         """Seconds trained, earlier runs of this checkpoint included."""
@@ -145,6 +145,9 @@ def check_outputs(args, trains_tokenizer: bool) -> None:
         check_file_target(args.tokenizer_path, "--tokenizer_path")
     if args.cache_dir is not None:
         check_writable(args.cache_dir, "--cache_dir")
+    elif (args.out_dir / "token_cache").exists() and not (args.out_dir / "token_cache").is_dir():
+        raise OutputError(f"--out_dir {args.out_dir} holds a file named token_cache where the token cache goes: "
+                          f"move it away, or keep the cache elsewhere with --cache_dir")
     for stale in remove_stale_temps(args.out_dir, (BEST_NAME, LAST_NAME)):
         print(f"removed {stale}, left by a run that was killed while saving")
 
@@ -285,6 +288,8 @@ def report(run: Run, state: TrainState, bar: tqdm, loss: float, lr: float) -> No
                    epoch=f"{epoch(run, state):.2f}")
     if state.skipped.total:
         postfix["skipped"] = state.skipped.total
+    if state.step == run.start_step + 1:
+        warn_if_hours(run, state)
     if args.max_time:
         postfix = {"step": state.step, **postfix}
         bar.update(bar_position(run, state.step, elapsed) - bar.n)
@@ -293,6 +298,18 @@ def report(run: Run, state: TrainState, bar: tqdm, loss: float, lr: float) -> No
     bar.set_postfix(postfix, refresh=False)
     if state.step % args.log_interval == 0:
         run.log.write("train", **progress_fields(run, state, lr), loss=loss)
+
+
+def warn_if_hours(run: Run, state: TrainState) -> None:
+    """After the first step: one line when this run would take more than an hour at this speed."""
+    args, per_step = run.args, clock() - state.started
+    left = per_step * (args.max_steps - state.step)
+    if args.max_time:
+        left = min(left, args.max_time - state.elapsed())
+    if left > 3600:
+        tqdm.write(f"note: a step takes {per_step:.1f}s on {run.world.device}, so this run would take about "
+                   f"{left / 3600:.0f} hours; --preset cpu trains a small model in minutes, and --max_time "
+                   f"bounds any run (e.g. --max_time 30:00)")
 
 
 def tokens_per_second(run: Run, state: TrainState) -> float:
@@ -324,7 +341,7 @@ def evaluate_and_save(run: Run, state: TrainState) -> None:
     val = losses["val"]
     token_data = run.data.token_data
     bpb = data.bits_per_byte(val, len(token_data.val), token_data.val_bytes)
-    healthy = math.isfinite(val) and finite_weights(state.raw_model)
+    healthy = state.healthy = math.isfinite(val) and finite_weights(state.raw_model)
     is_best = healthy and val < state.best_val
     if is_best:
         state.best_val = val
@@ -338,8 +355,9 @@ def evaluate_and_save(run: Run, state: TrainState) -> None:
             note = " (best, saved)"
     else:
         note = f"; not finite: {run.last_path} not overwritten"
+    ppl = math.exp(min(val, 700))
     tqdm.write(f"step {state.step}: train loss {losses['train']:.4f}, val loss {val:.4f}, "
-               f"val ppl {math.exp(min(val, 700)):.2f}, val bits/byte {bpb:.3f}{note}")
+               f"val ppl {ppl:{'.2f' if ppl < 1e6 else '.3g'}}, val bits/byte {bpb:.3f}{note}")
 
 
 def stopped(run: Run, state: TrainState, bar: tqdm, signum: int) -> int:
@@ -370,6 +388,9 @@ def finish(run: Run, state: TrainState) -> int:
             f"training produced no model with a finite validation loss ({state.skipped.total} of "
             f"{state.step - run.start_step} steps skipped): lower --lr and train again"
         )
+    if not state.healthy:
+        raise TrainingDiverged(f"the model diverged: its validation loss at step {state.step} is not finite; "
+                               f"{kept_checkpoint(run, state)}")
     print(f"done in {state.elapsed():.0f}s; best val loss {state.best_val:.4f}; "
           f"sample with: python sample_bpe.py --ckpt {run.best_path}")
     return 0

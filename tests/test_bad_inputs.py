@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import export_hf
 import sample_bpe
 import tokenizer
 import train_bpe
@@ -57,6 +58,20 @@ def ws(tiny_run, tmp_path_factory) -> Path:
     torch.save({**good, "config": {**good["config"], "n_layer": 3}}, ws / "damaged.pt")
     torch.save({k: v for k, v in good.items() if k != "rng"}, ws / "old.pt")
     torch.save({**good, "model": CreatesFile(ws / "pwned")}, ws / "evil.pt")
+    # Crafted or damaged in one field each: every reader validates the structure in one place.
+    torch.save({**good, "tokenizer_json": "{not json"}, ws / "badtok.pt")
+    torch.save({**good, "tokenizer_type": "wordpiece"}, ws / "oddtok.pt")
+    torch.save({**good, "args": None}, ws / "noargs.pt")
+    torch.save({**good, "step": "x"}, ws / "badstep.pt")
+    torch.save({**good, "config": list(good["config"].values())}, ws / "listconfig.pt")
+    wide = {**good["model"], "transformer.wte.weight": torch.zeros(300, 48)}
+    torch.save({**good, "model": {**wide, "lm_head.weight": wide["transformer.wte.weight"]}}, ws / "badshape.pt")
+    torch.save({**good, "args": {**good["args"], "max_time": 2.0}, "train_time": 5.0}, ws / "timed.pt")
+    (ws / "utf16.txt").write_bytes("To be, or not to be.\n".encode("utf-16"))
+    for name in ("metrics.jsonl", "loss.png"):  # an output folder where training writes a file of that name
+        (ws / f"out_{name}" / name).mkdir(parents=True)
+    (ws / "out_cachefile").mkdir()
+    (ws / "out_cachefile" / "token_cache").write_text("not a folder")
 
     import data  # a tokenizer other than the one inside good.pt
     other = tokenizer.train_bpe(data.scan_corpus(data_file=ws / "corpus.txt"), vocab_size=280)
@@ -125,6 +140,50 @@ TRAIN_CASES = [
      ["--tokenizer", "other_tok.json"]),
     ("resume then warmup too long", ["--resume", "{ws}/good.pt", "--max_steps", "50", "--warmup_steps", "60"],
      ["--warmup_steps 60"]),
+    # Float flags: non-finite or absurd values, fresh or on --resume.
+    ("grad_clip inf", ["--grad_clip", "inf"], ["--grad_clip", "inf", "finite"]),
+    ("grad_clip nan", ["--grad_clip", "nan"], ["--grad_clip", "nan", "finite"]),
+    ("weight_decay nan", ["--weight_decay", "nan"], ["--weight_decay", "finite"]),
+    ("resume with weight_decay inf", ["--resume", "{ws}/good.pt", "--max_steps", "50", "--weight_decay", "inf"],
+     ["--weight_decay", "finite"]),
+    ("lr 1e300", ["--lr", "1e300"], ["--lr", "up to 10"]),
+    ("muon_lr 1e6", ["--muon_lr", "1e6"], ["--muon_lr", "up to 10"]),
+    ("lr x weight_decay above 1", ["--lr", "5", "--weight_decay", "0.5"], ["--weight_decay 0.5", "--lr 5.0"]),
+    ("negative min_lr_factor", ["--min_lr_factor", "-0.1"], ["--min_lr_factor"]),
+    ("max_time negative", ["--max_time", "-5"], ["--max_time", "negative"]),
+    ("max_time nan", ["--max_time", "nan"], ["--max_time", "finite"]),
+    ("max_time inf", ["--max_time", "inf"], ["--max_time", "finite"]),
+    # Integer flags: out of range, however large.
+    ("seed above 64 bits", ["--seed", "18446744073709551616"], ["--seed", "at most"]),
+    ("negative seed", ["--seed", "-1"], ["--seed", "at least 0"]),
+    ("block_size huge", ["--block_size", "100000000"], ["--block_size", "at most 65,536"]),
+    ("vocab_size huge", ["--vocab_size", "10000000"], ["--vocab_size", "at most 1,000,000"]),
+    ("batch_size huge", ["--batch_size", "10000000000"], ["--batch_size", "at most"]),
+    ("negative warmup", ["--warmup_steps", "-1"], ["--warmup_steps", "at least 0"]),
+    # Paths: a folder where a file goes, a file where a folder goes, text that is not UTF-8.
+    ("data_file UTF-16", ["--data_file", "{ws}/utf16.txt"], ["--data_file", "utf16.txt", "UTF-16", "iconv"]),
+    ("tokenizer a folder", ["--tokenizer", "{ws}/nodocs"], ["--tokenizer", "nodocs", "is a folder"]),
+    ("tokenizer_path a folder", ["--tokenizer_path", "{ws}/nodocs"], ["--tokenizer_path", "nodocs", "is a folder"]),
+    ("plot_only a folder", ["--plot_only", "{ws}/nodocs"], ["nodocs", "is a folder"]),
+    ("metrics.jsonl a folder", ["--out_dir", "{ws}/out_metrics.jsonl"], ["--out_dir", "metrics.jsonl", "is a folder"]),
+    ("loss.png a folder", ["--out_dir", "{ws}/out_loss.png"], ["--out_dir", "loss.png", "is a folder"]),
+    ("token_cache a file", ["--out_dir", "{ws}/out_cachefile"], ["--out_dir", "token_cache", "--cache_dir"]),
+    # Resuming: settings that cannot change, a spent time budget, damaged or crafted checkpoints.
+    ("resume other tokenizer_type", ["--resume", "{ws}/good.pt", "--max_steps", "50", "--tokenizer_type",
+                                     "sentencepiece"], ["--tokenizer_type sentencepiece", "conflicts"]),
+    ("resume other tokenizer_path", ["--resume", "{ws}/good.pt", "--max_steps", "50", "--tokenizer_path",
+                                     "{ws}/t.json"], ["--tokenizer_path", "conflicts"]),
+    ("resume time budget spent", ["--resume", "{ws}/timed.pt", "--max_steps", "100"],
+     ["--resume", "timed.pt", "--max_time", "already trained"]),
+    ("resume unparsable tokenizer_json", ["--resume", "{ws}/badtok.pt", "--max_steps", "50"],
+     ["--resume", "badtok.pt", "damaged", "tokenizer_json"]),
+    ("resume unknown tokenizer_type", ["--resume", "{ws}/oddtok.pt", "--max_steps", "50"],
+     ["--resume", "oddtok.pt", "damaged", "wordpiece"]),
+    ("resume args None", ["--resume", "{ws}/noargs.pt", "--max_steps", "50"], ["--resume", "noargs.pt", "damaged"]),
+    ("resume step not a number", ["--resume", "{ws}/badstep.pt", "--max_steps", "50"],
+     ["--resume", "badstep.pt", "damaged", "step"]),
+    ("resume config a list", ["--resume", "{ws}/listconfig.pt"], ["--resume", "listconfig.pt", "damaged", "config"]),
+    ("resume wrong-shape wte", ["--resume", "{ws}/badshape.pt"], ["--resume", "badshape.pt", "damaged", "wte"]),
 ]
 
 SAMPLE_CASES = [
@@ -150,6 +209,24 @@ SAMPLE_CASES = [
     ("temperature not a number", ["--temperature", "hot"], ["--temperature", "hot"]),
     ("prompt longer than the context", ["--ckpt", "{ws}/good.pt", "--prompt", "to be or not " * 40],
      ["--prompt", "context of 32"]),
+    ("prompt not UTF-8", ["--ckpt", "{ws}/good.pt", "--prompt", "caf\udce9"], ["--prompt", "UTF-8"]),
+    ("temperature nan", ["--temperature", "nan"], ["--temperature", "finite"]),
+    ("top_p nan", ["--top_p", "nan"], ["--top_p", "finite"]),
+    ("seed above 64 bits", ["--seed", "18446744073709551616"], ["--seed", "at most"]),
+    ("ckpt unparsable tokenizer_json", ["--ckpt", "{ws}/badtok.pt"], ["--ckpt", "badtok.pt", "damaged"]),
+    ("ckpt unknown tokenizer_type", ["--ckpt", "{ws}/oddtok.pt"], ["--ckpt", "oddtok.pt", "wordpiece"]),
+    ("ckpt config a list", ["--ckpt", "{ws}/listconfig.pt"], ["--ckpt", "listconfig.pt", "damaged"]),
+    ("ckpt wrong-shape wte", ["--ckpt", "{ws}/badshape.pt"], ["--ckpt", "badshape.pt", "wte"]),
+]
+
+EXPORT_CASES = [
+    ("ckpt missing", ["--ckpt", "{ws}/nope.pt", "--out", "{ws}/hf"], ["--ckpt", "nope.pt", "does not exist"]),
+    ("ckpt unparsable tokenizer_json", ["--ckpt", "{ws}/badtok.pt", "--out", "{ws}/hf"], ["badtok.pt", "damaged"]),
+    ("ckpt config a list", ["--ckpt", "{ws}/listconfig.pt", "--out", "{ws}/hf"], ["listconfig.pt", "damaged"]),
+    ("ckpt wrong-shape wte", ["--ckpt", "{ws}/badshape.pt", "--out", "{ws}/hf"], ["badshape.pt", "wte"]),
+    ("out is a file", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/corpus.txt"], ["--out", "corpus.txt", "is a file"]),
+    ("out under a file", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/corpus.txt/hf"], ["--out", "corpus.txt", "a file"]),
+    ("out not empty", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/nodocs"], ["--out", "nodocs", "--overwrite"]),
 ]
 
 # Safe defaults, so that a case which wrongly passes cannot write outside the workspace.
@@ -195,6 +272,13 @@ def test_sample_bad_input(argv, words, ws, monkeypatch, capsys):
     assert not (ws / "pwned").exists()
 
 
+@pytest.mark.parametrize("argv, words", [c[1:] for c in EXPORT_CASES], ids=[c[0] for c in EXPORT_CASES])
+def test_export_bad_input(argv, words, ws, monkeypatch, capsys):
+    pytest.importorskip("safetensors", reason="export needs the safetensors extra")
+    code, err = run_case(export_hf.main, argv, ws, monkeypatch, capsys)
+    check(code, err, "export_hf.py", words)
+
+
 def readme_matrix_rows() -> list[tuple[str, str]]:
     """(script, input) for each row of the README's "When an input is wrong" table."""
     section = (ROOT / "README.md").read_text(encoding="utf-8").split("## When an input is wrong", 1)[1]
@@ -204,7 +288,8 @@ def readme_matrix_rows() -> list[tuple[str, str]]:
 
 
 def test_the_readme_table_lists_exactly_the_cases_tested_here():
-    cases = [("train_bpe.py", c[0]) for c in TRAIN_CASES] + [("sample_bpe.py", c[0]) for c in SAMPLE_CASES]
+    cases = ([("train_bpe.py", c[0]) for c in TRAIN_CASES] + [("sample_bpe.py", c[0]) for c in SAMPLE_CASES]
+             + [("export_hf.py", c[0]) for c in EXPORT_CASES])
     assert len(cases) == len(set(cases))  # each id names one case of its script
     assert sorted(readme_matrix_rows()) == sorted(cases)
 
