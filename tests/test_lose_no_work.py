@@ -22,8 +22,9 @@ import token_cache
 import train_bpe
 import trainer
 from checkpoint import load_checkpoint
-from helpers import ROOT, TINY_MODEL_ARGS
 from model import GPT
+
+from helpers import ROOT, TINY_MODEL_ARGS
 
 LAST, BEST = trainer.LAST_NAME, trainer.BEST_NAME
 
