@@ -216,31 +216,33 @@ def _link_problem(link: str) -> str | None:
 
 
 def scan_corpus(data_file: str | Path | None = None, data_dir: str | Path | None = None,
-                exclude: Iterable[str | Path] = ()) -> Corpus:
+                exclude: Iterable[str | Path] = (), flags: tuple[str, str] = ("--data_file", "--data_dir")) -> Corpus:
     """Finds the accepted, readable, non-empty UTF-8 text files of a corpus (one file or a folder tree).
 
     Files and folders in exclude (the run's own output, when it lies inside the folder) are left out.
+    flags are the names of the file and folder flags, for messages (score_bpe.py calls them --file, --data_dir).
     """
+    file_flag, dir_flag = flags
     corpus = Corpus()
     if data_file is not None:
         path = os.fspath(data_file)
         if not os.path.exists(path):
-            raise DataError(f"--data_file {path} does not exist: pass a text file")
+            raise DataError(f"{file_flag} {path} does not exist: pass a text file")
         if os.path.isdir(path):
-            raise DataError(f"--data_file {path} is a folder: use --data_dir {path} instead")
+            raise DataError(f"{file_flag} {path} is a folder: use {dir_flag} {path} instead")
         reason = _check_file(path)
         if reason == UTF16_REASON:
-            raise DataError(f"--data_file {path} is UTF-16 text: convert it to UTF-8, e.g. "
+            raise DataError(f"{file_flag} {path} is UTF-16 text: convert it to UTF-8, e.g. "
                             f"iconv -f UTF-16 -t UTF-8 {path} > {Path(path).stem}-utf8.txt")
         if reason:
-            raise DataError(f"--data_file {path} is {reason}: pass a non-empty UTF-8 text file")
+            raise DataError(f"{file_flag} {path} is {reason}: pass a non-empty UTF-8 text file")
         candidates = [path]
     else:
         root = os.fspath(data_dir)
         if not os.path.exists(root):
-            raise DataError(f"--data_dir {root} does not exist: pass a folder of text or code files")
+            raise DataError(f"{dir_flag} {root} does not exist: pass a folder of text or code files")
         if not os.path.isdir(root):
-            raise DataError(f"--data_dir {root} is a file: use --data_file {root} instead")
+            raise DataError(f"{dir_flag} {root} is a file: use {file_flag} {root} instead")
         corpus.root = root
         candidates = []
         excluded = {_file_key(p) for p in map(os.fspath, exclude) if os.path.exists(p)}
@@ -254,7 +256,7 @@ def scan_corpus(data_file: str | Path | None = None, data_dir: str | Path | None
         if not candidates:
             counts = corpus.skipped + corpus.ignored
             skipped = f"; skipped {sum(counts.values())}: {_reasons(counts)}" if counts else ""
-            raise DataError(f"--data_dir {root} has no usable text files "
+            raise DataError(f"{dir_flag} {root} has no usable text files "
                             f"(looked for {' '.join(ACCEPTED_EXTENSIONS)}{skipped})")
     candidates.sort(key=lambda p: p.split(os.sep))  # by path parts: a/b.txt, a/c/d.txt, b.txt
     for path in candidates:

@@ -61,17 +61,19 @@ def stream_windows(num_tokens: int, block: int, stride: int | None = None) -> li
 
 @torch.no_grad()
 def evaluate_stream(model, tokens: np.ndarray, batch_size: int, device,
-                    autocast: Callable = contextlib.nullcontext, stride: int | None = None,
-                    desc: str = "evaluating") -> float:
+                    autocast: Callable = contextlib.nullcontext, stride: int | None = None) -> float:
     """Mean loss (nats) of predicting every token of the stream after the first, each exactly once."""
-    total, count = stream_nats(model, tokens, batch_size, device, autocast, stride, desc)
+    total, count = stream_nats(model, tokens, batch_size, device, autocast, stride)
     return total / max(count, 1)
 
 
 @torch.no_grad()
 def stream_nats(model, tokens: np.ndarray, batch_size: int, device, autocast: Callable = contextlib.nullcontext,
-                stride: int | None = None, desc: str = "evaluating") -> tuple[float, int]:
-    """(summed nats, tokens predicted) over a stream; see stream_windows for which windows are used."""
+                stride: int | None = None, progress: Callable[[int, int], None] | None = None) -> tuple[float, int]:
+    """(summed nats, tokens predicted) over a stream; see stream_windows for which windows are used.
+
+    Shows its own bar, or, with progress, calls progress(windows just done, windows in all) after each batch.
+    """
     was_training = model.training
     model.eval()
     block = model.config.block_size
@@ -86,15 +88,19 @@ def stream_nats(model, tokens: np.ndarray, batch_size: int, device, autocast: Ca
     if current:
         batches.append(current)
     total, count = 0.0, 0
-    for group in tqdm(batches, desc=desc, unit=" batches", leave=False, disable=len(batches) < 2):
+    bar = tqdm(batches, desc="evaluating", unit=" batches", leave=False, disable=progress is not None or len(batches) < 2)
+    for group in bar:
         length = group[0][1]
         blocks = torch.from_numpy(np.stack([tokens[s : s + length + 1] for s, _, _ in group]).astype(np.int64))
         x, y = blocks[:, :-1].to(device), blocks[:, 1:].to(device)  # (B, T) each
         with autocast():
             logits, _ = model(x)
         nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view(y.shape)  # (B, T)
-        for row, (_, _, scored) in enumerate(group):
-            total += nats[row, length - scored :].sum().item()
-            count += scored
+        scored = torch.tensor([w[2] for w in group], device=nats.device)  # (B,) predictions each window keeps
+        keep = torch.arange(length, device=nats.device)[None, :] >= length - scored[:, None]  # (B, T): its last ones
+        total += nats[keep].sum().item()
+        count += int(scored.sum())
+        if progress is not None:
+            progress(len(group), len(windows))
     model.train(was_training)
     return total, count

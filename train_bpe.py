@@ -21,6 +21,7 @@ import cli
 import data
 import distributed
 import metrics
+import pretrained
 import resume
 import tokenizer
 import trainer
@@ -95,6 +96,10 @@ FLAGS: list[tuple[str, list[tuple[str, dict]]]] = [
         ("--n_embed", dict(type=bounded_int(1, MAX_WIDTH), default=384, help="width of the residual stream")),
         ("--block_size", dict(type=bounded_int(1, MAX_CONTEXT), default=256, help="context length in tokens")),
         ("--dropout", dict(type=finite_float, default=0.1, help="dropout probability (0 disables it)")),
+        ("--init_from", dict(metavar="SOURCE",
+                             help="start from existing weights and fine-tune them on the corpus: one of our .pt "
+                                  "checkpoints, a Hugging Face GPT-2 folder, or a hub name (gpt2, distilgpt2, ...; "
+                                  "needs huggingface_hub and the network once); its shape and tokenizer are used")),
     ]),
     ("optimisation", [
         ("--batch_size", dict(type=bounded_int(1, MAX_CONTEXT), default=128, help="sequences per micro-batch")),
@@ -180,8 +185,11 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
     typed = cli.typed_flags(parser, argv, DESTS)
     if "data_file" in typed and "data_dir" in typed:
         parser.error("--data_file and --data_dir cannot be used together: one file, or one folder")
+    if "resume" in typed and "init_from" in typed:
+        parser.error("--resume and --init_from cannot be used together: --resume continues a run exactly, "
+                     "--init_from starts a new run from existing weights")
     args = argparse.Namespace(**(defaults(parser, typed.get("preset")) | typed))
-    if typed.get("resume") is None:  # a resumed run is checked once the checkpoint's flags are in
+    if "resume" not in typed and "init_from" not in typed:  # those are checked once the source's flags are in
         problem = check_args(args)
         if problem:
             parser.error(problem)
@@ -242,13 +250,28 @@ def load_resume(args, typed: dict) -> tuple[argparse.Namespace, resume.Resume | 
     return merged, state
 
 
-def train(args, resumed: resume.Resume | None, world: distributed.World, stop: GracefulStop) -> int:
+def load_init(args, typed: dict, resumed) -> tuple[argparse.Namespace, pretrained.Source | None]:
+    """With --init_from (and no --resume): the source model, and the run's flags merged with it."""
+    if not args.init_from or resumed is not None:  # a resumed run continues from its own checkpoint
+        return args, None
+    source = pretrained.load_source(args.init_from)
+    merged, notes = pretrained.merged_flags(args, typed, source)
+    problem = check_args(merged)
+    if problem:
+        raise CheckpointError(f"{problem} (with the settings of --init_from {args.init_from})")
+    print("\n".join(notes))
+    return merged, source
+
+
+def train(args, resumed: resume.Resume | None, source: pretrained.Source | None, world: distributed.World,
+          stop: GracefulStop) -> int:
     """Wiring: check outputs, prepare the data, build the run, train."""
     if world.is_main:
-        trainer.check_outputs(args, trains_tokenizer=resumed is None and args.tokenizer is None)
-    run_data = prepare_data(args, world, resumed)
+        trainer.check_outputs(args, trains_tokenizer=resumed is None and source is None and args.tokenizer is None)
+    start_tok = (source.tok, source.tok_path) if source else None
+    run_data = prepare_data(args, world, resumed, start_tok)
     print(format_config(args))
-    run, state = trainer.setup(args, world, run_data, resumed)
+    run, state = trainer.setup(args, world, run_data, resumed, source)
     return trainer.fit(run, state, stop)
 
 
@@ -270,9 +293,10 @@ def run_main(argv) -> int:
         try:
             with distributed.quiet(rank != 0):  # ... and reads the same checkpoint
                 args, resumed = load_resume(args, typed)
+                args, source = load_init(args, typed, resumed)
                 world = distributed.setup(args.device, cli.resolve_device)
             with world.quiet():  # rank 0 speaks for the job; the others print nothing unless they fail
-                return train(args, resumed, world, stop)
+                return train(args, resumed, source, world, stop)
         except (data.DataError, CheckpointError, OutputError, distributed.DistributedError, TrainingDiverged) as exc:
             # Before the process group exists, and for a diverged run, every rank fails alike: rank 0 reports.
             # Later, rank 0 has prepared the data before the others start, so another rank's error is its own.

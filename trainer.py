@@ -29,6 +29,7 @@ import data
 import distributed
 import metrics
 import muon
+import pretrained
 import resume as resume_
 import tokenizer
 from checkpoint import rng_state, save_checkpoint
@@ -56,6 +57,7 @@ class Run:
     dtype: torch.dtype | None  # autocast dtype, None for fp32
     log: metrics.MetricsLog
     start_step: int = 0  # where this process started (0, or the step a resume continues from)
+    init_from: dict | None = None  # the model this run started from (--init_from), for checkpoints and metrics
 
     @property
     def tokens_per_step(self) -> int:
@@ -152,14 +154,21 @@ def check_outputs(args, trains_tokenizer: bool) -> None:
         print(f"removed {stale}, left by a run that was killed while saving")
 
 
-def setup(args, world: distributed.World, run_data: RunData,
-          resume: resume_.Resume | None = None) -> tuple[Run, TrainState]:
-    """Builds the model, optimizer and state for step 0, or restores them from a checkpoint."""
+def setup(args, world: distributed.World, run_data: RunData, resume: resume_.Resume | None = None,
+          source: pretrained.Source | None = None) -> tuple[Run, TrainState]:
+    """Builds the model, optimizer and state for step 0 (from random weights or a source model's), or restores
+    them from a checkpoint to resume."""
     torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also copies rank 0's)
     device = world.device
-    config = GPTConfig(vocab_size=run_data.tok.get_vocab_size(), block_size=args.block_size, n_layer=args.n_layer,
-                       n_head=args.n_head, n_embed=args.n_embed, dropout=args.dropout)
-    raw_model = GPT(config).to(device)
+    if source is not None:
+        config = pretrained.config_for(source, args)
+    else:
+        config = GPTConfig(vocab_size=run_data.tok.get_vocab_size(), block_size=args.block_size,
+                           n_layer=args.n_layer, n_head=args.n_head, n_embed=args.n_embed, dropout=args.dropout)
+    raw_model = GPT(config)
+    if source is not None:
+        raw_model.load_state_dict(pretrained.initial_weights(source, args.block_size))
+    raw_model = raw_model.to(device)
     model = torch.compile(raw_model) if args.compile else raw_model  # checkpoints save raw_model
     model = world.wrap(model)  # DDP under torchrun (averages gradients across ranks); unchanged otherwise
     if world.rank:  # other dropout masks on every rank; rank 0 keeps the stream of a single process
@@ -178,13 +187,15 @@ def setup(args, world: distributed.World, run_data: RunData,
     if resume is not None:
         restore(state, resume, world)
     log = metrics.MetricsLog(args.out_dir / metrics.METRICS_NAME if world.is_main else None)  # one writer
-    run = Run(args, world, run_data, model, dtype, log, start_step=state.step)
+    init_from = source.record() if source else (resume.state.get("init_from") if resume else None)
+    run = Run(args, world, run_data, model, dtype, log, start_step=state.step, init_from=init_from)
     ranks = f" x {world.size} processes" if world.enabled else ""
     sequences = args.batch_size * args.grad_accum_steps * world.size
     print(f"device: {device}, precision: {dtype or torch.float32}, parameters: {raw_model.num_params() / 1e6:.2f}M, "
           f"effective batch: {args.batch_size} x {args.grad_accum_steps}{ranks} = {sequences} "
           f"sequences ({run.tokens_per_step:,} tokens) per step")
-    log.write("start", step=state.step, tokens_per_step=run.tokens_per_step, config=plain_flags(args))
+    log.write("start", step=state.step, tokens_per_step=run.tokens_per_step, config=plain_flags(args),
+              **({"init_from": init_from} if init_from else {}))
     return run, state
 
 
@@ -417,6 +428,7 @@ def checkpoint_state(run: Run, state: TrainState, rngs: list[dict]) -> dict:
         "args": plain_flags(run.args),
         "tokenizer_path": str(run.data.tok_path),
         **tokenizer.checkpoint_fields(run.data.tok),
+        **({"init_from": run.init_from} if run.init_from else {}),
     }
 
 

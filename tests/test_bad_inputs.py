@@ -4,6 +4,7 @@ The cases run in-process through main(argv); the README's "When an input is wron
 """
 
 import hashlib
+import json
 import random
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 import export_hf
 import sample_bpe
+import score_bpe
 import tokenizer
 import train_bpe
 import trainer
@@ -76,6 +78,13 @@ def ws(tiny_run, tmp_path_factory) -> Path:
     import data  # a tokenizer other than the one inside good.pt
     other = tokenizer.train_bpe(data.scan_corpus(data_file=ws / "corpus.txt"), vocab_size=280)
     (ws / "other_tok.json").write_text(other.to_str(), encoding="utf-8")
+    # Hugging Face model folders --init_from cannot use.
+    gpt2 = {"model_type": "gpt2", "vocab_size": 300, "n_positions": 32, "n_embd": 32, "n_layer": 2, "n_head": 2}
+    for name, config in (("llama_model", {**gpt2, "model_type": "llama"}), ("gpt2_no_tok", gpt2),
+                         ("gpt2_erf_gelu", {**gpt2, "activation_function": "gelu"})):
+        (ws / name).mkdir()
+        (ws / name / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    shutil.copy(ws / "other_tok.json", ws / "gpt2_erf_gelu" / "tokenizer.json")
     return ws
 
 
@@ -184,6 +193,22 @@ TRAIN_CASES = [
      ["--resume", "badstep.pt", "damaged", "step"]),
     ("resume config a list", ["--resume", "{ws}/listconfig.pt"], ["--resume", "listconfig.pt", "damaged", "config"]),
     ("resume wrong-shape wte", ["--resume", "{ws}/badshape.pt"], ["--resume", "badshape.pt", "damaged", "wte"]),
+    # Starting from existing weights.
+    ("init_from missing", ["--init_from", "{ws}/nope.pt"], ["--init_from", "nope.pt", "does not exist"]),
+    ("init_from a folder without config.json", ["--init_from", "{ws}/nodocs"], ["--init_from", "nodocs", "config.json"]),
+    ("init_from another model type", ["--init_from", "{ws}/llama_model"], ["--init_from", "'llama' model", "GPT-2"]),
+    ("init_from an option GPT-2 layout lacks", ["--init_from", "{ws}/gpt2_erf_gelu"],
+     ["--init_from", "activation_function='gelu'", "cannot reproduce"]),
+    ("init_from without a tokenizer", ["--init_from", "{ws}/gpt2_no_tok"], ["--init_from", "tokenizer.json"]),
+    ("init_from and resume", ["--init_from", "{ws}/good.pt", "--resume", "{ws}/good.pt"],
+     ["--resume and --init_from cannot be used together"]),
+    ("init_from other n_layer", ["--init_from", "{ws}/good.pt", "--n_layer", "3"], ["--n_layer 3", "conflicts", "--n_layer 2"]),
+    ("init_from longer context", ["--init_from", "{ws}/good.pt", "--block_size", "64"],
+     ["--block_size 64", "larger than the context", "32"]),
+    ("init_from with a tokenizer", ["--init_from", "{ws}/good.pt", "--tokenizer", "{ws}/other_tok.json"],
+     ["--tokenizer", "cannot be used with --init_from"]),
+    ("init_from damaged checkpoint", ["--init_from", "{ws}/badshape.pt"], ["--init_from", "badshape.pt", "damaged"]),
+    ("init_from crafted pickle", ["--init_from", "{ws}/evil.pt"], ["--init_from", "evil.pt", "refusing"]),
 ]
 
 SAMPLE_CASES = [
@@ -217,6 +242,26 @@ SAMPLE_CASES = [
     ("ckpt unknown tokenizer_type", ["--ckpt", "{ws}/oddtok.pt"], ["--ckpt", "oddtok.pt", "wordpiece"]),
     ("ckpt config a list", ["--ckpt", "{ws}/listconfig.pt"], ["--ckpt", "listconfig.pt", "damaged"]),
     ("ckpt wrong-shape wte", ["--ckpt", "{ws}/badshape.pt"], ["--ckpt", "badshape.pt", "wte"]),
+]
+
+SCORE_CASES = [
+    ("nothing to score", ["--ckpt", "{ws}/good.pt"], ["one of --file, --data_dir or --text"]),
+    ("two texts to score", ["--ckpt", "{ws}/good.pt", "--file", "{ws}/corpus.txt", "--text", "x"],
+     ["only one of", "--file", "--text"]),
+    ("empty text", ["--ckpt", "{ws}/good.pt", "--text", ""], ["--text", "empty"]),
+    ("text not UTF-8", ["--ckpt", "{ws}/good.pt", "--text", "caf\udce9"], ["--text", "UTF-8"]),
+    ("ckpt missing", ["--ckpt", "{ws}/nope.pt", "--text", "x"], ["--ckpt", "nope.pt", "does not exist"]),
+    ("ckpt crafted pickle", ["--ckpt", "{ws}/evil.pt", "--text", "x"], ["--ckpt", "evil.pt", "refusing"]),
+    ("ckpt wrong-shape wte", ["--ckpt", "{ws}/badshape.pt", "--text", "x"], ["--ckpt", "badshape.pt", "wte"]),
+    ("file missing", ["--ckpt", "{ws}/good.pt", "--file", "{ws}/nope.txt"], ["--file", "nope.txt", "does not exist"]),
+    ("file binary", ["--ckpt", "{ws}/good.pt", "--file", "{ws}/blob.txt"], ["--file", "blob.txt", "binary"]),
+    ("file is a folder", ["--ckpt", "{ws}/good.pt", "--file", "{ws}/nodocs"], ["--file", "nodocs", "--data_dir"]),
+    ("data_dir without text files", ["--ckpt", "{ws}/good.pt", "--data_dir", "{ws}/nodocs"],
+     ["--data_dir", "nodocs", "no usable text files"]),
+    ("stride 0", ["--ckpt", "{ws}/good.pt", "--text", "x", "--stride", "0"], ["--stride", "at least 1"]),
+    ("stride longer than the context", ["--ckpt", "{ws}/good.pt", "--text", "x", "--stride", "64"],
+     ["--stride 64", "context of 32"]),
+    ("unknown device", ["--ckpt", "{ws}/good.pt", "--text", "x", "--device", "tpu"], ["--device", "tpu"]),
 ]
 
 EXPORT_CASES = [
@@ -272,6 +317,13 @@ def test_sample_bad_input(argv, words, ws, monkeypatch, capsys):
     assert not (ws / "pwned").exists()
 
 
+@pytest.mark.parametrize("argv, words", [c[1:] for c in SCORE_CASES], ids=[c[0] for c in SCORE_CASES])
+def test_score_bad_input(argv, words, ws, monkeypatch, capsys):
+    code, err = run_case(score_bpe.main, argv, ws, monkeypatch, capsys)
+    check(code, err, "score_bpe.py", words)
+    assert not (ws / "pwned").exists()
+
+
 @pytest.mark.parametrize("argv, words", [c[1:] for c in EXPORT_CASES], ids=[c[0] for c in EXPORT_CASES])
 def test_export_bad_input(argv, words, ws, monkeypatch, capsys):
     pytest.importorskip("safetensors", reason="export needs the safetensors extra")
@@ -289,7 +341,7 @@ def readme_matrix_rows() -> list[tuple[str, str]]:
 
 def test_the_readme_table_lists_exactly_the_cases_tested_here():
     cases = ([("train_bpe.py", c[0]) for c in TRAIN_CASES] + [("sample_bpe.py", c[0]) for c in SAMPLE_CASES]
-             + [("export_hf.py", c[0]) for c in EXPORT_CASES])
+             + [("score_bpe.py", c[0]) for c in SCORE_CASES] + [("export_hf.py", c[0]) for c in EXPORT_CASES])
     assert len(cases) == len(set(cases))  # each id names one case of its script
     assert sorted(readme_matrix_rows()) == sorted(cases)
 
