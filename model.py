@@ -163,7 +163,7 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self,
         idx: torch.Tensor,
@@ -171,8 +171,10 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         use_cache: bool = True,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
     ) -> Iterator[torch.Tensor]:
         """Yields max_new_tokens next tokens, each (B,), continuing the (B, T) prompt idx.
 
@@ -180,16 +182,24 @@ class GPT(nn.Module):
         context fills block_size it keeps its newest half and is prefilled again (a "context
         shift", as llama.cpp does): a sliding window would re-prefill on every step and make the
         cache useless. Without the cache the whole window is recomputed each step, over exactly
-        the same tokens, so both paths give the same logits.
+        the same tokens, so both paths give the same logits. generator may be one per row, so that
+        each row of a batch draws what it would draw alone; see sample_next for the other arguments.
         """
         block = self.config.block_size
         ctx = idx[:, -block:]
         cache = KVCache(self.config, idx.size(0), idx.device, self.lm_head.weight.dtype) if use_cache else None
+        seen = None  # (B, vocab): the tokens so far, prompt included, for the repetition penalty
+        if repetition_penalty != 1.0:
+            seen = torch.zeros(idx.size(0), self.config.vocab_size, dtype=torch.bool, device=idx.device)
+            seen.scatter_(1, idx, True)
         new = ctx  # tokens the model has not seen yet
         for _ in range(max_new_tokens):
             logits, _ = self(new if cache is not None else ctx, cache=cache)
-            token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B,)
+            token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator, min_p, repetition_penalty,
+                                seen)  # (B,)
             yield token
+            if seen is not None:
+                seen.scatter_(1, token[:, None], True)
             ctx = torch.cat([ctx, token[:, None]], dim=1)
             new = token[:, None]
             if ctx.size(1) > block:
@@ -204,12 +214,46 @@ def sample_next(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Picks one token per row of (B, vocab) logits. temperature 0 = argmax; top_k 0 and top_p 1 = off."""
+    """Picks one token per row of (B, vocab) logits: the argmax for temperature 0, else a draw from
+    token_probs. generator: one for the batch, or one per row (then each row draws what it would alone)."""
     if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float()
+        return penalise(logits.float(), repetition_penalty, seen).argmax(dim=-1)
+    probs = token_probs(logits, temperature, top_k, top_p, min_p, repetition_penalty, seen)
+    if isinstance(generator, list):
+        return torch.cat([torch.multinomial(p[None], 1, generator=g)[0] for p, g in zip(probs, generator)])
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def penalise(logits: torch.Tensor, repetition_penalty: float, seen: torch.Tensor | None) -> torch.Tensor:
+    """The repetition penalty of CTRL (Keskar et al. 2019) as transformers applies it: the logit of a token in
+    seen (B, vocab) is divided by the penalty if positive, multiplied by it if negative; 1 = off."""
+    if repetition_penalty == 1.0 or seen is None:
+        return logits
+    penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def token_probs(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    repetition_penalty: float = 1.0,
+    seen: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The (B, vocab) distribution a token is drawn from, shaped in the order transformers' generate applies the
+    same steps: repetition penalty, temperature, top-k, top-p, min-p.
+
+    top_k 0, top_p 1 and min_p 0 are off; min_p keeps the tokens whose probability is at least min_p times
+    the likeliest token's (after top-k and top-p).
+    """
+    logits = penalise(logits.float(), repetition_penalty, seen)
     # Shifted so the largest is 0 before dividing: a tiny temperature then gives -inf for the others, never
     # inf - inf = nan (the softmax is the same for any shift).
     logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
@@ -225,4 +269,7 @@ def sample_next(
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if min_p > 0:
+        probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
+        probs = probs / probs.sum(dim=-1, keepdim=True)
+    return probs

@@ -242,6 +242,21 @@ SAMPLE_CASES = [
     ("ckpt unknown tokenizer_type", ["--ckpt", "{ws}/oddtok.pt"], ["--ckpt", "oddtok.pt", "wordpiece"]),
     ("ckpt config a list", ["--ckpt", "{ws}/listconfig.pt"], ["--ckpt", "listconfig.pt", "damaged"]),
     ("ckpt wrong-shape wte", ["--ckpt", "{ws}/badshape.pt"], ["--ckpt", "badshape.pt", "wte"]),
+    ("repetition_penalty 0", ["--repetition_penalty", "0"], ["--repetition_penalty", "more than 0"]),
+    ("negative repetition_penalty", ["--repetition_penalty", "-1"], ["--repetition_penalty", "more than 0"]),
+    ("min_p above 1", ["--min_p", "1.5"], ["--min_p", "[0, 1]"]),
+    ("negative min_p", ["--min_p", "-0.1"], ["--min_p", "[0, 1]"]),
+    ("empty stop", ["--stop", ""], ["--stop", "empty"]),
+    ("prompt and prompt_file", ["--prompt", "x", "--prompt_file", "{ws}/short.txt"], ["--prompt_file", "--prompt"]),
+    ("prompt_file missing", ["--ckpt", "{ws}/good.pt", "--prompt_file", "{ws}/nope.txt"],
+     ["--prompt_file", "nope.txt", "does not exist"]),
+    ("prompt_file a folder", ["--ckpt", "{ws}/good.pt", "--prompt_file", "{ws}/nodocs"], ["--prompt_file", "folder"]),
+    ("prompt_file not UTF-8", ["--ckpt", "{ws}/good.pt", "--prompt_file", "{ws}/latin1.txt"],
+     ["--prompt_file", "latin1.txt", "UTF-8"]),
+    ("prompt_file longer than the context", ["--ckpt", "{ws}/good.pt", "--prompt_file", "{ws}/corpus.txt"],
+     ["--prompt_file", "context of 32"]),
+    ("chat without interactive", ["--chat"], ["--chat", "--interactive"]),
+    ("interactive with a prompt", ["--interactive", "--prompt", "x"], ["--interactive", "--prompt"]),
 ]
 
 SCORE_CASES = [

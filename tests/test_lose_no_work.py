@@ -17,7 +17,7 @@ import torch
 import data
 import export_hf
 import metrics
-import sample_bpe
+import sampling
 import token_cache
 import train_bpe
 import trainer
@@ -293,7 +293,7 @@ def test_the_stream_decoder_decodes_a_bounded_tail_however_long_the_text(tiny_to
             lengths.append(len(some))
             return tiny_tokenizer.decode(some)
 
-    decoder = sample_bpe.StreamDecoder(Counting())
+    decoder = sampling.StreamDecoder(Counting())
     assert "".join(decoder.push(i) for i in ids) + decoder.flush() == text
     assert len(ids) > 5000 and max(lengths) <= 8  # never the whole text so far
     assert torch.tensor(lengths).float().mean() < 3

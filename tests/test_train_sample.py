@@ -68,15 +68,6 @@ def test_top_k_above_vocab_and_empty_prompt_work(tiny_run, capsys):
     assert out.count("-" * 40) == 1  # two samples, one separator
 
 
-def test_stream_decoder_never_splits_a_multibyte_character(tiny_tokenizer):
-    text = "fin 🙂 café 東京"
-    ids = tiny_tokenizer.encode(text, add_special_tokens=False).ids
-    decoder = sample_bpe.StreamDecoder(tiny_tokenizer)
-    pieces = [decoder.push(i) for i in ids] + [decoder.flush()]
-    assert "".join(pieces) == text
-    assert all("\ufffd" not in p for p in pieces)
-
-
 def test_amp_dtype_choice():
     assert cli.amp_dtype("cuda", bf16_native=True) == torch.bfloat16
     assert cli.amp_dtype("cuda", bf16_native=False) == torch.float16  # needs the GradScaler
