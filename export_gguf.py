@@ -34,7 +34,7 @@ from model import GPT
 EXAMPLES = """examples:
   python export_gguf.py --ckpt bpe_best.pt --out model.gguf
   python export_gguf.py --ckpt bpe_best.pt --out model-f16.gguf --outtype f16   # half the size
-  llama-completion -m model.gguf -p "ROMEO:" -n 100 --temp 0 -no-cnv           # run it with llama.cpp
+  python export_gguf.py --ckpt out/bpe_best.pt --out model.gguf --overwrite     # replace an earlier export
 """
 
 GGUF_INSTALL_HINT = "pip install gguf==0.19.0 (or pip install -r requirements-extra.txt)"
