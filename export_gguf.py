@@ -152,8 +152,9 @@ def gguf_tensors(weights: dict, outtype: str) -> list[tuple[str, torch.Tensor, n
 def vocabulary(tok, vocab_size: int, token_type) -> tuple[list[str], list[int]]:
     """Every token string in id order with its type, one per embedding row.
 
-    Specials are control tokens (never matched in text, never printed); rows the model has beyond the
-    tokenizer get unused placeholders, as llama.cpp's converter writes them ("[PAD{id}]").
+    Specials are control tokens (llama.cpp prints them only when asked to, and finds them in text only when
+    parsing specials, as its completion tool does for prompts); rows the model has beyond the tokenizer get
+    unused placeholders, as llama.cpp's converter writes them ("[PAD{id}]").
     """
     by_id = {i: t for t, i in tok.get_vocab(with_added_tokens=True).items()}
     added = tok.get_added_tokens_decoder()
