@@ -34,11 +34,14 @@ def advice(exc: OSError) -> str:
     return "check the disk and the path"
 
 
-def atomic_write(path: str | Path, write) -> None:
+def atomic_write(path: str | Path, write, by_name: bool = False) -> None:
     """Calls write(file) on a temporary file beside path, syncs it, then renames it over path.
 
     A crash at any moment leaves either the old file or the new one, never a torn one. Raises OSError
-    (the caller names the flag); the temporary file is removed whatever happens.
+    (the caller names the flag); the temporary file is removed whatever happens. by_name: write gets
+    the temporary file's path instead, for a writer that opens its file itself (gguf's GGUFWriter) and
+    closes it before returning; the fsync below still covers what it wrote (it syncs the file, not a
+    descriptor's buffer).
     """
     path = Path(path)
     if path.is_dir():
@@ -47,7 +50,7 @@ def atomic_write(path: str | Path, write) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             os.chmod(tmp, _file_mode(path))  # mkstemp makes it private (0600); give it the usual mode
-            write(f)
+            write(Path(tmp) if by_name else f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -2,12 +2,13 @@
 
 import pytest
 
+import export_gguf
 import export_hf
 import sample_bpe
 import train_bpe
 
 
-@pytest.mark.parametrize("module", [train_bpe, sample_bpe, export_hf])
+@pytest.mark.parametrize("module", [train_bpe, sample_bpe, export_hf, export_gguf])
 def test_help_ends_with_worked_examples(module, capsys):
     with pytest.raises(SystemExit) as exit_:
         module.main(["--help"])

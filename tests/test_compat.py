@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 
+import export_gguf
 import export_hf
 import sample_bpe
 import train_bpe
@@ -54,3 +55,12 @@ def test_it_exports(old_run, tmp_path):
     assert export_hf.main(["--ckpt", str(old_run / trainer.LAST_NAME), "--out", str(out)]) == 0
     assert (out / "model.safetensors").is_file()
     assert '"eos_token": "<eos>"' in (out / "special_tokens_map.json").read_text()
+
+
+def test_it_exports_as_gguf(old_run, tmp_path):
+    gguf = pytest.importorskip("gguf", reason="export needs the gguf extra: pip install gguf==0.19.0")
+    out = tmp_path / "model.gguf"
+    assert export_gguf.main(["--ckpt", str(old_run / trainer.LAST_NAME), "--out", str(out)]) == 0
+    reader = gguf.GGUFReader(out)
+    ids = [reader.fields[f"tokenizer.ggml.{name}_token_id"].contents() for name in ("bos", "eos", "padding")]
+    assert ids == [2, 3, 0]  # found by name: this checkpoint predates stored special ids

@@ -246,7 +246,7 @@ def test_sampling_into_a_closed_or_full_stdout_is_one_line(tiny_run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["train_bpe.py", "sample_bpe.py", "export_hf.py"])
+@pytest.mark.parametrize("script", ["train_bpe.py", "sample_bpe.py", "export_hf.py", "export_gguf.py"])
 def test_ctrl_c_while_a_script_imports_is_no_traceback(script):
     # -X importtime reports each import as it finishes: the first of torch's submodules is well past the
     # script's first lines and long before torch (a second or two) is done, so the signal lands mid-import.

@@ -1,0 +1,377 @@
+"""export_gguf.py: the file holds every weight and the tokenizer exactly, llama.cpp runs it as our model does,
+and every input it cannot handle is one line."""
+
+import copy
+import errno
+import json
+import shutil
+import sys
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_bad_inputs import check, run_case  # until GGUF_CASES joins the matrix there
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch import nn
+
+import export_gguf
+import sample_bpe
+import tokenizer
+import train_bpe
+import trainer
+from checkpoint import load_checkpoint, load_model, save_checkpoint
+from model import GPT, GPTConfig
+
+from helpers import TINY_TEXT
+
+GGUF_HINT = "export needs the gguf extra: pip install gguf==0.19.0"
+LLAMA_HINT = "the llama.cpp comparison needs llama.cpp's Python binding: pip install llama-cpp-python"
+F16_UNIT = 2.0**-11  # unit roundoff of float16 (11 significant bits)
+
+
+def exported(ckpt, out, *flags):
+    """Exports with export_gguf.main and opens the file with gguf's own reader."""
+    gguf = pytest.importorskip("gguf", reason=GGUF_HINT)
+    assert export_gguf.main(["--ckpt", str(ckpt), "--out", str(out), *flags]) == 0
+    return gguf.GGUFReader(out)
+
+
+def field(reader, key):
+    return reader.fields[key].contents()
+
+
+# --------------------------------------------------------------------------- the file, read back
+
+
+@pytest.mark.parametrize("outtype", ["f32", "f16"])
+def test_every_tensor_and_the_tokenizer_read_back_exactly(tiny_run, tmp_path, outtype):
+    ckpt = tiny_run / trainer.BEST_NAME
+    reader = exported(ckpt, tmp_path / "model.gguf", "--outtype", outtype)
+    state = load_checkpoint(ckpt)
+    config, weights = state["config"], state["model"]
+
+    assert field(reader, "general.architecture") == "gpt2"
+    assert field(reader, "general.file_type") == {"f32": 0, "f16": 1}[outtype]  # ALL_F32, MOSTLY_F16
+    assert field(reader, "gpt2.context_length") == config["block_size"]
+    assert field(reader, "gpt2.embedding_length") == config["n_embed"]
+    assert field(reader, "gpt2.block_count") == config["n_layer"]
+    assert field(reader, "gpt2.attention.head_count") == config["n_head"]
+    assert field(reader, "gpt2.feed_forward_length") == 4 * config["n_embed"]
+    assert field(reader, "gpt2.attention.layer_norm_epsilon") == np.float32(1e-5)  # nn.LayerNorm's default
+
+    # Every tensor but the tied output layer, under its llama.cpp name, with our values: f32 bit for bit,
+    # f16 exactly as torch rounds to half (round to nearest even) for the matrices llama.cpp's converter halves.
+    tensors = {t.name: t for t in reader.tensors}
+    assert len(tensors) == len(weights) - 1
+    for name, ours in weights.items():
+        if name == "lm_head.weight":
+            continue
+        t = tensors[export_gguf.gguf_name(name)]
+        half = outtype == "f16" and ours.ndim == 2 and name != "transformer.wpe.weight"
+        expected = (ours.half() if half else ours.float()).numpy()
+        assert t.tensor_type.name == ("F16" if half else "F32"), name
+        assert list(t.shape) == list(reversed(ours.shape)), name  # GGUF lists dimensions innermost first
+        assert np.array_equal(np.asarray(t.data).reshape(ours.shape), expected), name
+
+    # The tokenizer: tokens in id order, specials as control tokens, merges in rank order, the stored special ids.
+    tok = Tokenizer.from_str(state["tokenizer_json"])
+    specials = tokenizer.checkpoint_special_ids(state, tok)
+    assert field(reader, "tokenizer.ggml.model") == "gpt2"
+    assert field(reader, "tokenizer.ggml.pre") == "gpt-2"
+    assert field(reader, "tokenizer.ggml.tokens") == [tok.id_to_token(i) for i in range(config["vocab_size"])]
+    control = set(tok.get_added_tokens_decoder())
+    assert field(reader, "tokenizer.ggml.token_type") == [3 if i in control else 1 for i in range(config["vocab_size"])]
+    merges = json.loads(state["tokenizer_json"])["model"]["merges"]
+    assert field(reader, "tokenizer.ggml.merges") == [" ".join(pair) for pair in merges]
+    assert (specials.bos, specials.eos, specials.pad, specials.unk) == (2, 3, 0, 1)
+    assert field(reader, "tokenizer.ggml.bos_token_id") == specials.bos
+    assert field(reader, "tokenizer.ggml.eos_token_id") == specials.eos
+    assert field(reader, "tokenizer.ggml.padding_token_id") == specials.pad
+    assert field(reader, "tokenizer.ggml.unknown_token_id") == specials.unk
+    assert field(reader, "tokenizer.ggml.add_bos_token") is False
+
+
+def test_our_tensor_names_are_the_ones_llama_cpps_converter_gives_gpt2():
+    gguf = pytest.importorskip("gguf", reason=GGUF_HINT)
+    # Our parameter names are Hugging Face GPT-2's, which gguf-py's own table maps for llama.cpp's converter.
+    table = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GPT2, 3)
+    with torch.device("meta"):
+        names = GPT(GPTConfig(n_layer=3)).state_dict()
+    for name in names:
+        theirs = table.get_name(name, try_suffixes=(".weight", ".bias"))
+        assert export_gguf.gguf_name(name) == (None if name == "lm_head.weight" else theirs), name
+
+
+def test_special_ids_are_the_checkpoints_own(tmp_path):
+    """GPT-2's layout: one <|endoftext|> as both start and end, no padding token, and more embedding rows
+    than tokens (GPT-2 checkpoints pad 50257 to 50304); nothing is assumed from our own tokenizers' ids."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer_ = trainers.BpeTrainer(vocab_size=290, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                   show_progress=False)
+    tok.train_from_iterator([TINY_TEXT], trainer=trainer_)
+    tok.add_special_tokens(["<|endoftext|>"])
+    end = tok.token_to_id("<|endoftext|>")
+    assert end == tok.get_vocab_size() - 1
+    config = GPTConfig(vocab_size=tok.get_vocab_size() + 7, block_size=16, n_layer=1, n_head=2, n_embed=16)
+    ckpt = tmp_path / "gpt2like.pt"
+    save_checkpoint(ckpt, {"model": GPT(config).state_dict(), "config": asdict(config),
+                           **tokenizer.checkpoint_fields(tok)})
+
+    reader = exported(ckpt, tmp_path / "model.gguf")
+    assert field(reader, "tokenizer.ggml.bos_token_id") == end
+    assert field(reader, "tokenizer.ggml.eos_token_id") == end
+    assert "tokenizer.ggml.padding_token_id" not in reader.fields
+    assert "tokenizer.ggml.unknown_token_id" not in reader.fields
+    tokens, types = field(reader, "tokenizer.ggml.tokens"), field(reader, "tokenizer.ggml.token_type")
+    assert len(tokens) == len(types) == config.vocab_size  # llama.cpp wants one token per embedding row
+    assert tokens[end] == "<|endoftext|>" and types[end] == 3  # control
+    assert tokens[end + 1:] == [f"[PAD{i}]" for i in range(end + 1, config.vocab_size)]
+    assert types[end + 1:] == [5] * 7  # unused
+
+
+# --------------------------------------------------------------------------- refusals and failures
+
+
+def test_a_model_option_gpt2_lacks_is_refused():
+    # Every GPTConfig field today is one GPT-2 has; a later option must get its own mapping or this refusal.
+    with pytest.raises(export_gguf.ExportError, match="rotary"):
+        export_gguf.check_gpt2_compatible({**asdict(GPTConfig()), "rotary": True}, "x.pt")
+
+
+def test_without_the_gguf_package_one_line_says_what_to_install(tiny_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now raises ImportError
+    code = export_gguf.main(["--ckpt", str(tiny_run / trainer.BEST_NAME), "--out", str(tmp_path / "m.gguf")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "pip install gguf==0.19.0" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_write_leaves_the_previous_file_intact(tiny_run, tmp_path, monkeypatch, capsys):
+    gguf = pytest.importorskip("gguf", reason=GGUF_HINT)
+    ckpt, out = str(tiny_run / trainer.BEST_NAME), tmp_path / "model.gguf"
+    exported(ckpt, out)
+    before = out.read_bytes()
+    real = gguf.GGUFWriter.write_tensor_data
+
+    def disk_fills_up(self, tensor, *args, **kwargs):  # the second tensor finds the disk full
+        if getattr(self, "_written", 0):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._written = 1
+        return real(self, tensor, *args, **kwargs)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", disk_fills_up)
+    capsys.readouterr()
+    assert export_gguf.main(["--ckpt", ckpt, "--out", str(out), "--outtype", "f16", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "free some disk space" in err
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]  # no temporary file left behind
+
+
+@pytest.fixture(scope="module")
+def gguf_ws(tiny_run, tmp_path_factory):
+    """The inputs GGUF_CASES name, under the names test_bad_inputs.py's workspace gives them."""
+    ws = tmp_path_factory.mktemp("gguf_inputs")
+    shutil.copy(tiny_run / trainer.LAST_NAME, ws / "good.pt")
+    good = torch.load(ws / "good.pt", weights_only=True)
+    (ws / "corpus.txt").write_text("To be, or not to be.\n", encoding="utf-8")
+    (ws / "nodocs").mkdir()
+    torch.save({**good, "tokenizer_json": "{not json"}, ws / "badtok.pt")
+    torch.save({**good, "config": list(good["config"].values())}, ws / "listconfig.pt")
+    wide = {**good["model"], "transformer.wte.weight": torch.zeros(300, 48)}
+    torch.save({**good, "model": {**wide, "lm_head.weight": wide["transformer.wte.weight"]}}, ws / "badshape.pt")
+    no_bias = {**good["config"], "bias": False}
+    torch.save({**good, "config": no_bias, "model": GPT(GPTConfig(**no_bias)).state_dict()}, ws / "nobias.pt")
+    # A SentencePiece checkpoint is refused on its tokenizer_type alone, so these bytes are never parsed.
+    spm = {k: v for k, v in good.items() if k != "tokenizer_json"}
+    torch.save({**spm, "tokenizer_type": "sentencepiece", "tokenizer_model": torch.zeros(64, dtype=torch.uint8)},
+               ws / "spm.pt")
+    spec = json.loads(good["tokenizer_json"])
+    spec["pre_tokenizer"]["add_prefix_space"] = True
+    torch.save({**good, "tokenizer_json": json.dumps(spec)}, ws / "prefixspace.pt")
+    return ws
+
+
+# (case id, argv with {ws} for the workspace, words the error line must contain): EXPORT_CASES' shape
+GGUF_CASES = [
+    ("ckpt missing", ["--ckpt", "{ws}/nope.pt", "--out", "{ws}/m.gguf"], ["--ckpt", "nope.pt", "does not exist"]),
+    ("ckpt unparsable tokenizer_json", ["--ckpt", "{ws}/badtok.pt", "--out", "{ws}/m.gguf"], ["badtok.pt", "damaged"]),
+    ("ckpt config a list", ["--ckpt", "{ws}/listconfig.pt", "--out", "{ws}/m.gguf"], ["listconfig.pt", "damaged"]),
+    ("ckpt wrong-shape wte", ["--ckpt", "{ws}/badshape.pt", "--out", "{ws}/m.gguf"], ["badshape.pt", "wte"]),
+    ("ckpt SentencePiece", ["--ckpt", "{ws}/spm.pt", "--out", "{ws}/m.gguf"],
+     ["spm.pt", "sentencepiece", "byte-level BPE"]),
+    ("ckpt without biases", ["--ckpt", "{ws}/nobias.pt", "--out", "{ws}/m.gguf"], ["nobias.pt", "bias=False"]),
+    ("ckpt tokenizer with a prefix space", ["--ckpt", "{ws}/prefixspace.pt", "--out", "{ws}/m.gguf"],
+     ["prefixspace.pt", "prefix space", "llama.cpp"]),
+    ("out exists", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/corpus.txt"], ["--out", "corpus.txt", "--overwrite"]),
+    ("out is the checkpoint", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/good.pt", "--overwrite"],
+     ["--out", "good.pt", "checkpoint itself"]),
+    ("out is a folder", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/nodocs"], ["--out", "nodocs", "is a folder"]),
+    ("out under a file", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/corpus.txt/m.gguf"],
+     ["--out", "corpus.txt", "is a file, not a folder"]),
+    ("out not writable", ["--ckpt", "{ws}/good.pt", "--out", "/sys/m.gguf"],  # read-only even for root
+     ["--out", "/sys/m.gguf", "cannot be written"]),
+    ("outtype unknown", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/m.gguf", "--outtype", "q4_0"],
+     ["--outtype", "q4_0", "f32", "f16"]),
+]
+
+
+@pytest.mark.parametrize("argv, words", [c[1:] for c in GGUF_CASES], ids=[c[0] for c in GGUF_CASES])
+def test_export_gguf_bad_input(argv, words, gguf_ws, monkeypatch, capsys):
+    pytest.importorskip("gguf", reason=GGUF_HINT)
+    code, err = run_case(export_gguf.main, argv, gguf_ws, monkeypatch, capsys)
+    check(code, err, "export_gguf.py", words)
+
+
+# --------------------------------------------------------------------------- llama.cpp runs it as we do
+
+PROMPTS = {  # tokenization: what users type, and what the GPT-2 split treats specially
+    "prose": "ROMEO:\nWhat light through yonder window breaks? It is the east, and Juliet is the sun.",
+    "code": "def train_model(x):\n\tif x:\n\t\treturn x  # tabs\n\n\n    spaces = 4\r\nwindows line\r\n",
+    "unicode": "naïve café é e\u0301 🙂👍🏽 中文字符 日本語 x\u00a0y\u3000z",
+    "whitespace": "   leading, trailing   \n\n\n\t\t\tend\t",
+    "contractions and numbers": "don't I'll we've it's 12345 3.14159 !!! ... ???",
+}
+GREEDY_PROMPTS = ["ROMEO:", "def train_model(x):\n\tif x:"]
+NEW_TOKENS = 64
+
+
+@pytest.fixture(scope="module")
+def llama_run(tiny_file, tmp_path_factory):
+    """A model with room for a prompt plus 64 new tokens (llama.cpp cannot go past block_size), and its f32 export."""
+    pytest.importorskip("gguf", reason=GGUF_HINT)
+    out = tmp_path_factory.mktemp("llama_run")
+    assert train_bpe.main([
+        "--data_file", str(tiny_file), "--tokenizer_path", str(out / "tok.json"), "--out_dir", str(out),
+        "--vocab_size", "512", "--n_layer", "2", "--n_head", "2", "--n_embed", "64", "--block_size", "128",
+        "--dropout", "0", "--batch_size", "8", "--grad_accum_steps", "1", "--device", "cpu", "--no-amp",
+        "--max_steps", "150", "--eval_interval", "150", "--eval_iters", "2", "--use_cosine", "--warmup_steps", "10",
+        "--lr", "3e-3",
+    ]) == 0
+    ckpt = out / trainer.BEST_NAME
+    assert export_gguf.main(["--ckpt", str(ckpt), "--out", str(out / "model.gguf")]) == 0
+    return ckpt, out / "model.gguf"
+
+
+def llama(path, block_size, **kwargs):
+    """llama.cpp on one thread: for a model this small, a second thread only adds barriers where ggml's workers
+    spin, and on a busy machine that turned 64 tokens from 0.4 s into 19 s."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason=LLAMA_HINT)
+    return llama_cpp.Llama(model_path=str(path), n_ctx=block_size, verbose=False, seed=1234, n_threads=1, **kwargs)
+
+
+@pytest.mark.slow
+def test_llama_cpp_tokenizes_as_we_do(llama_run):
+    ckpt, path = llama_run
+    model, tok, _, _ = load_model(ckpt)
+    llm = llama(path, model.config.block_size, vocab_only=True)
+    for name, text in PROMPTS.items():
+        ours = tok.encode(text, add_special_tokens=False).ids
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == ours, name
+        assert llm.detokenize(ours) == tok.decode(ours).encode(), name
+    # Special tokens typed in the text: ours become their ids, as llama.cpp's do when it parses specials
+    # (llama-completion does for its prompt; with special=False they stay plain text there).
+    text = "<bos>Hello<eos> and <pad>"
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok.encode(text, add_special_tokens=False).ids
+
+
+def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
+    """llama.cpp's own greedy decoding: its greedy sampler at temperature 0, no repetition penalty."""
+    out = []
+    for token in llm.generate(ids, temp=0.0, repeat_penalty=1.0):
+        out.append(int(token))
+        if len(out) == n:
+            break
+    return out
+
+
+def divergence(model, path, prompt_ids, ours, theirs) -> str:
+    """Where two greedy runs part, with both sides' logits of both tokens there: a near-tie or a real difference."""
+    k = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
+    if k is None:
+        return f"llama.cpp gave {len(theirs)} new tokens, we gave {len(ours)}"
+    prefix = prompt_ids + ours[:k]
+    with torch.no_grad():
+        mine = model(torch.tensor([prefix]))[0][0, -1]
+    llm = llama(path, model.config.block_size, logits_all=True)
+    llm.eval(prefix)
+    other = llm.scores[len(prefix) - 1]
+    a, b = ours[k], theirs[k]
+    return (f"greedy runs part at new token {k}: ours picks {a}, llama.cpp {b}; our logits for them "
+            f"{mine[a]:.6f} / {mine[b]:.6f}, llama.cpp's {other[a]:.6f} / {other[b]:.6f}")
+
+
+@pytest.mark.slow
+def test_llama_cpp_continues_greedily_as_sample_bpe_does(llama_run, capsys):
+    ckpt, path = llama_run
+    model, tok, _, _ = load_model(ckpt)
+    llm = llama(path, model.config.block_size)  # llama.cpp's defaults: f16 KV cache, its thread count
+    for prompt in GREEDY_PROMPTS:
+        ids = tok.encode(prompt, add_special_tokens=False).ids
+        assert len(ids) + NEW_TOKENS <= model.config.block_size
+        ours = [int(t) for t in model.generate(torch.tensor([ids]), NEW_TOKENS, temperature=0)]
+        theirs = llama_greedy(llm, ids, NEW_TOKENS)
+        assert theirs == ours, divergence(model, path, ids, ours, theirs)
+
+        capsys.readouterr()
+        assert sample_bpe.main(["--ckpt", str(ckpt), "--prompt", prompt, "--temperature", "0",
+                                "--max_new_tokens", str(NEW_TOKENS), "--device", "cpu"]) == 0
+        text = capsys.readouterr().out
+        assert text == prompt + llm.detokenize(theirs).decode("utf-8", errors="replace") + "\n"
+
+
+class GgmlGelu(nn.Module):
+    """ggml's CPU GELU: the tanh formula read from a table indexed by the input rounded to f16, so input and
+    output are both rounded to f16; 0 below -10, the input above 10 (ggml/src/ggml-cpu/vec.h, GGML_GELU_FP16)."""
+
+    def forward(self, x):
+        table = F.gelu(x.half().to(x.dtype), approximate="tanh").half().to(x.dtype)
+        return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, table))
+
+
+def logits(model, ids, dtype=torch.float32, gelu=None) -> np.ndarray:
+    model = copy.deepcopy(model).to(dtype)
+    for block in model.transformer.h if gelu else ():
+        block.mlp.gelu = gelu
+    with torch.no_grad():
+        return model(torch.tensor([ids]))[0][0].double().numpy()
+
+
+@pytest.mark.slow
+def test_llama_cpp_logits_match_ours(llama_run):
+    llama_cpp = pytest.importorskip("llama_cpp", reason=LLAMA_HINT)
+    ckpt, path = llama_run
+    model, tok, _, _ = load_model(ckpt)
+    ids = tok.encode(PROMPTS["prose"], add_special_tokens=False).ids
+    f32 = llama_cpp.GGML_TYPE_F32  # an f32 KV cache: no f16 rounding of keys and values
+    llm = llama(path, model.config.block_size, logits_all=True, type_k=f32, type_v=f32)
+    llm.eval(ids)
+    theirs = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+
+    # Two things differ from our float32 forward: ggml's GELU table (above), whose effect on this input our
+    # float64 emulation of it measures, and float32 rounding in another order, of the size of our own float32
+    # error against float64. Twice their sum: llama.cpp's roundings are independent of ours, and an input near
+    # an f16 rounding boundary may round the other way there (each still within one f16 rounding).
+    ours = logits(model, ids)
+    exact = logits(model, ids, torch.float64)
+    table = logits(model, ids, torch.float64, GgmlGelu())
+    tolerance = 2 * (np.abs(table - exact).max() + np.abs(ours - exact).max())
+    assert np.abs(theirs - ours).max() <= tolerance
+    # And nothing else differs: on average llama.cpp is within float32 rounding of one of the two GELUs (ggml's
+    # table today), far below the average gap between them, while the bound above allows the worst case.
+    gap = np.abs(table - exact).mean()
+    assert min(np.abs(theirs - table).mean(), np.abs(theirs - exact).mean()) <= 0.2 * gap
+
+    # f16 file: every weight matrix and every matrix product's input carry f16's relative rounding F16_UNIT;
+    # a loose first-order bound over the 4 n_layer + 1 products catches a wrong layout, not small drift.
+    half = path.with_name("model-f16.gguf")
+    assert export_gguf.main(["--ckpt", str(ckpt), "--out", str(half), "--outtype", "f16"]) == 0
+    llm16 = llama(half, model.config.block_size, logits_all=True, type_k=f32, type_v=f32)
+    llm16.eval(ids)
+    theirs16 = np.asarray(llm16.scores[: len(ids)], dtype=np.float64)
+    products = 4 * model.config.n_layer + 1
+    assert np.abs(theirs16 - ours).max() <= 4 * F16_UNIT * products * np.abs(ours).max() + tolerance
