@@ -4,8 +4,12 @@
     flock /tmp/cpu.lock python bench/finetune.py --lrs 1e-4,3e-4,1e-3 --budgets 120   # the fine-tuning LR
 
 Corpus A (the base model's): the Vim documentation on this machine (/usr/share/vim/*/doc/*.txt, English
-technical prose), capped at --base_mb. Corpus B (the user's small corpus): the first --target_kb of the
-bundled Shakespeare, different in kind from A; its last 10% is held out and never trained on. For each
+technical prose), capped at --base_mb. Corpus B (the user's small corpus), --target:
+  cmake        --target_kb of CMake's documentation (/usr/share/cmake-*/Help/**/*.rst: other text of the same
+               kind, as a user's notes or a repository's docs are to a model that knows technical English),
+               about 10% of its files held out (by a hash of their names);
+  shakespeare  the first --target_kb of the bundled Shakespeare (verse: far from A), its last 10% held out.
+The held-out text is never trained on. For each
 budget: (1) `--preset cpu` from scratch on B (its own tokenizer), (2) `--init_from` the base model on B
 with the fine-tuning defaults (the base's tokenizer). Both are scored on the held-out text with
 score_bpe's scorer, in bits per byte (comparable across the two tokenizers).
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import math
 import shutil
@@ -39,6 +44,7 @@ from model import GPT, GPTConfig  # noqa: E402
 from prepare import DEFAULT_DATA_FILE  # noqa: E402
 
 VIM_DOCS = "/usr/share/vim/vim*/doc/*.txt"
+CMAKE_DOCS = "/usr/share/cmake-*/Help/**/*.rst"
 
 
 def gather_base_corpus(folder: Path, max_bytes: int) -> int:
@@ -54,14 +60,28 @@ def gather_base_corpus(folder: Path, max_bytes: int) -> int:
     return total
 
 
-def split_target(folder: Path, kb: int) -> tuple[Path, Path]:
-    """The first kb KB of Shakespeare, cut at a line end: 90% to train on, the last 10% held out."""
-    text = DEFAULT_DATA_FILE.read_text(encoding="utf-8")[: kb * 1000]
-    cut = text.rfind("\n", 0, int(len(text) * 0.9)) + 1
+def split_target(folder: Path, target: str, kb: int) -> tuple[list[str], list[str]]:
+    """Corpus B as (flags to train on it, flags to score its held-out part)."""
     folder.mkdir(parents=True)
-    (folder / "train.txt").write_text(text[:cut], encoding="utf-8")
-    (folder / "heldout.txt").write_text(text[cut:], encoding="utf-8")
-    return folder / "train.txt", folder / "heldout.txt"
+    if target == "shakespeare":  # the first kb KB, cut at a line end: 90% to train on, the last 10% held out
+        text = DEFAULT_DATA_FILE.read_text(encoding="utf-8")[: kb * 1000]
+        cut = text.rfind("\n", 0, int(len(text) * 0.9)) + 1
+        (folder / "train.txt").write_text(text[:cut], encoding="utf-8")
+        (folder / "heldout.txt").write_text(text[cut:], encoding="utf-8")
+        return ["--data_file", str(folder / "train.txt")], ["--file", str(folder / "heldout.txt")]
+    # CMake's help files in an order fixed by a hash of their names, until kb KB; every tenth file held out
+    files = sorted(glob.glob(CMAKE_DOCS, recursive=True), key=lambda p: hashlib.sha1(p.encode()).digest())
+    total = 0
+    for i, path in enumerate(files):
+        size = Path(path).stat().st_size
+        if total + size > kb * 1000:
+            break
+        part = "heldout" if i % 10 == 9 else "train"
+        dest = folder / part / Path(path).relative_to(Path(path).parents[1])
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, dest)
+        total += size
+    return ["--data_dir", str(folder / "train")], ["--data_dir", str(folder / "heldout")]
 
 
 def train(argv: list[str], clock: str) -> float:
@@ -78,8 +98,8 @@ def train(argv: list[str], clock: str) -> float:
     return time.perf_counter() - start
 
 
-def heldout_bpb(ckpt: Path, heldout: Path) -> float:
-    args = score_bpe.build_parser().parse_args(["--ckpt", str(ckpt), "--file", str(heldout), "--device", "cpu"])
+def heldout_bpb(ckpt: Path, heldout: list[str]) -> float:
+    args = score_bpe.build_parser().parse_args(["--ckpt", str(ckpt), *heldout, "--device", "cpu"])
     with torch.inference_mode():
         return score_bpe.run(args)["bits_per_byte"]
 
@@ -113,6 +133,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base_budget", default="600", help="training time of the base model on corpus A")
     p.add_argument("--base_mb", type=float, default=6.0, help="size of corpus A, MB")
+    p.add_argument("--target", choices=("cmake", "shakespeare"), default="cmake", help="corpus B (see above)")
     p.add_argument("--target_kb", type=int, default=250, help="size of corpus B, KB (10%% of it held out)")
     p.add_argument("--budgets", default="120,300", help="comma-separated training budgets on B, seconds")
     p.add_argument("--lrs", default="", help="also fine-tune at these learning rates (comma-separated)")
@@ -134,7 +155,7 @@ def main(argv=None) -> int:
             with args.log.open("a") as f:
                 f.write(json.dumps(row) + "\n")
 
-    train_file, heldout = split_target(work / "B", args.target_kb)
+    train_flags, heldout = split_target(work / f"B-{args.target}", args.target, args.target_kb)
     if args.base:
         base = args.base
     else:
@@ -147,17 +168,17 @@ def main(argv=None) -> int:
         record(run="base on A (Vim docs)", corpus_mb=round(size / 1e6, 2), budget=args.base_budget,
                steps=state["step"], wall_s=round(wall), heldout_bpb_on_B=round(heldout_bpb(base, heldout), 4))
 
-    common = ["--data_file", str(train_file), "--eval_interval", "50", "--max_steps", "1000000"]
+    common = [*train_flags, "--eval_interval", "50", "--max_steps", "1000000"]
     for budget in args.budgets.split(","):
         runs = [("scratch", ["--preset", "cpu"])] + [("init_from", ["--init_from", str(base), "--preset", "cpu"])]
         runs += [(f"init_from lr={lr}", ["--init_from", str(base), "--preset", "cpu", "--lr", lr])
                  for lr in filter(None, args.lrs.split(","))]
         for name, flags in runs:
-            out = work / f"{name.replace(' ', '_').replace('=', '')}_{budget}"
+            out = work / f"{args.target}_{name.replace(' ', '_').replace('=', '')}_{budget}"
             wall = train([*flags, *common, "--out_dir", str(out), "--tokenizer_path", str(out / "tokenizer.json"),
                           "--max_time", budget], args.clock)
             state = load_checkpoint(out / trainer.BEST_NAME)
-            record(run=name, budget_s=int(budget), steps=load_checkpoint(out / trainer.LAST_NAME)["step"],
+            record(run=name, target=args.target, budget_s=int(budget), steps=load_checkpoint(out / trainer.LAST_NAME)["step"],
                    best_step=state["step"], wall_s=round(wall),
                    heldout_bpb=round(heldout_bpb(out / trainer.BEST_NAME, heldout), 4))
     if args.gpt2_timing:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import export_gguf
 import export_hf
 import sample_bpe
 import score_bpe
@@ -19,6 +20,7 @@ import tokenizer
 import train_bpe
 import trainer
 from checkpoint import FORMAT_VERSION, CheckpointError, load_checkpoint, load_model
+from model import GPT, GPTConfig
 
 from helpers import ROOT, TINY_MODEL_ARGS
 
@@ -69,6 +71,15 @@ def ws(tiny_run, tmp_path_factory) -> Path:
     wide = {**good["model"], "transformer.wte.weight": torch.zeros(300, 48)}
     torch.save({**good, "model": {**wide, "lm_head.weight": wide["transformer.wte.weight"]}}, ws / "badshape.pt")
     torch.save({**good, "args": {**good["args"], "max_time": 2.0}, "train_time": 5.0}, ws / "timed.pt")
+    no_bias = {**good["config"], "bias": False}  # a sound model that llama.cpp's gpt2 cannot run
+    torch.save({**good, "config": no_bias, "model": GPT(GPTConfig(**no_bias)).state_dict()}, ws / "nobias.pt")
+    # A SentencePiece checkpoint is refused on its tokenizer_type alone, so these bytes are never parsed.
+    spm = {k: v for k, v in good.items() if k != "tokenizer_json"}
+    torch.save({**spm, "tokenizer_type": "sentencepiece", "tokenizer_model": torch.zeros(64, dtype=torch.uint8)},
+               ws / "spm.pt")
+    spec = json.loads(good["tokenizer_json"])
+    spec["pre_tokenizer"]["add_prefix_space"] = True  # splits text unlike GPT-2: llama.cpp would tokenize otherwise
+    torch.save({**good, "tokenizer_json": json.dumps(spec)}, ws / "prefixspace.pt")
     (ws / "utf16.txt").write_bytes("To be, or not to be.\n".encode("utf-16"))
     for name in ("metrics.jsonl", "loss.png"):  # an output folder where training writes a file of that name
         (ws / f"out_{name}" / name).mkdir(parents=True)
@@ -289,6 +300,28 @@ EXPORT_CASES = [
     ("out not empty", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/nodocs"], ["--out", "nodocs", "--overwrite"]),
 ]
 
+GGUF_CASES = [
+    ("ckpt missing", ["--ckpt", "{ws}/nope.pt", "--out", "{ws}/m.gguf"], ["--ckpt", "nope.pt", "does not exist"]),
+    ("ckpt unparsable tokenizer_json", ["--ckpt", "{ws}/badtok.pt", "--out", "{ws}/m.gguf"], ["badtok.pt", "damaged"]),
+    ("ckpt config a list", ["--ckpt", "{ws}/listconfig.pt", "--out", "{ws}/m.gguf"], ["listconfig.pt", "damaged"]),
+    ("ckpt wrong-shape wte", ["--ckpt", "{ws}/badshape.pt", "--out", "{ws}/m.gguf"], ["badshape.pt", "wte"]),
+    ("ckpt SentencePiece", ["--ckpt", "{ws}/spm.pt", "--out", "{ws}/m.gguf"],
+     ["spm.pt", "sentencepiece", "byte-level BPE"]),
+    ("ckpt without biases", ["--ckpt", "{ws}/nobias.pt", "--out", "{ws}/m.gguf"], ["nobias.pt", "bias=False"]),
+    ("ckpt tokenizer with a prefix space", ["--ckpt", "{ws}/prefixspace.pt", "--out", "{ws}/m.gguf"],
+     ["prefixspace.pt", "prefix space", "llama.cpp"]),
+    ("out exists", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/corpus.txt"], ["--out", "corpus.txt", "--overwrite"]),
+    ("out is the checkpoint", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/good.pt", "--overwrite"],
+     ["--out", "good.pt", "checkpoint itself"]),
+    ("out is a folder", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/nodocs"], ["--out", "nodocs", "is a folder"]),
+    ("out under a file", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/corpus.txt/m.gguf"],
+     ["--out", "corpus.txt", "is a file, not a folder"]),
+    ("out not writable", ["--ckpt", "{ws}/good.pt", "--out", "/sys/m.gguf"],  # read-only even for root
+     ["--out", "/sys/m.gguf", "cannot be written"]),
+    ("outtype unknown", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/m.gguf", "--outtype", "q4_0"],
+     ["--outtype", "q4_0", "f32", "f16"]),
+]
+
 # Safe defaults, so that a case which wrongly passes cannot write outside the workspace.
 TRAIN_BASE = ["--out_dir", "{ws}", "--tokenizer_path", "{ws}/new_tok.json", *TINY_MODEL_ARGS, "--max_steps", "5",
               "--warmup_steps", "0"]
@@ -332,6 +365,13 @@ def test_sample_bad_input(argv, words, ws, monkeypatch, capsys):
     assert not (ws / "pwned").exists()
 
 
+@pytest.mark.parametrize("argv, words", [c[1:] for c in GGUF_CASES], ids=[c[0] for c in GGUF_CASES])
+def test_export_gguf_bad_input(argv, words, ws, monkeypatch, capsys):
+    pytest.importorskip("gguf", reason="export needs the gguf extra: pip install gguf==0.19.0")
+    code, err = run_case(export_gguf.main, argv, ws, monkeypatch, capsys)
+    check(code, err, "export_gguf.py", words)
+
+
 @pytest.mark.parametrize("argv, words", [c[1:] for c in SCORE_CASES], ids=[c[0] for c in SCORE_CASES])
 def test_score_bad_input(argv, words, ws, monkeypatch, capsys):
     code, err = run_case(score_bpe.main, argv, ws, monkeypatch, capsys)
@@ -356,7 +396,8 @@ def readme_matrix_rows() -> list[tuple[str, str]]:
 
 def test_the_readme_table_lists_exactly_the_cases_tested_here():
     cases = ([("train_bpe.py", c[0]) for c in TRAIN_CASES] + [("sample_bpe.py", c[0]) for c in SAMPLE_CASES]
-             + [("score_bpe.py", c[0]) for c in SCORE_CASES] + [("export_hf.py", c[0]) for c in EXPORT_CASES])
+             + [("score_bpe.py", c[0]) for c in SCORE_CASES] + [("export_hf.py", c[0]) for c in EXPORT_CASES]
+             + [("export_gguf.py", c[0]) for c in GGUF_CASES])
     assert len(cases) == len(set(cases))  # each id names one case of its script
     assert sorted(readme_matrix_rows()) == sorted(cases)
 

@@ -4,7 +4,6 @@ and every input it cannot handle is one line."""
 import copy
 import errno
 import json
-import shutil
 import sys
 from dataclasses import asdict
 
@@ -12,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_bad_inputs import check, run_case  # until GGUF_CASES joins the matrix there
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 
@@ -170,61 +168,6 @@ def test_a_failed_write_leaves_the_previous_file_intact(tiny_run, tmp_path, monk
     assert err.count("\n") == 1 and "No space left on device" in err and "free some disk space" in err
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]  # no temporary file left behind
-
-
-@pytest.fixture(scope="module")
-def gguf_ws(tiny_run, tmp_path_factory):
-    """The inputs GGUF_CASES name, under the names test_bad_inputs.py's workspace gives them."""
-    ws = tmp_path_factory.mktemp("gguf_inputs")
-    shutil.copy(tiny_run / trainer.LAST_NAME, ws / "good.pt")
-    good = torch.load(ws / "good.pt", weights_only=True)
-    (ws / "corpus.txt").write_text("To be, or not to be.\n", encoding="utf-8")
-    (ws / "nodocs").mkdir()
-    torch.save({**good, "tokenizer_json": "{not json"}, ws / "badtok.pt")
-    torch.save({**good, "config": list(good["config"].values())}, ws / "listconfig.pt")
-    wide = {**good["model"], "transformer.wte.weight": torch.zeros(300, 48)}
-    torch.save({**good, "model": {**wide, "lm_head.weight": wide["transformer.wte.weight"]}}, ws / "badshape.pt")
-    no_bias = {**good["config"], "bias": False}
-    torch.save({**good, "config": no_bias, "model": GPT(GPTConfig(**no_bias)).state_dict()}, ws / "nobias.pt")
-    # A SentencePiece checkpoint is refused on its tokenizer_type alone, so these bytes are never parsed.
-    spm = {k: v for k, v in good.items() if k != "tokenizer_json"}
-    torch.save({**spm, "tokenizer_type": "sentencepiece", "tokenizer_model": torch.zeros(64, dtype=torch.uint8)},
-               ws / "spm.pt")
-    spec = json.loads(good["tokenizer_json"])
-    spec["pre_tokenizer"]["add_prefix_space"] = True
-    torch.save({**good, "tokenizer_json": json.dumps(spec)}, ws / "prefixspace.pt")
-    return ws
-
-
-# (case id, argv with {ws} for the workspace, words the error line must contain): EXPORT_CASES' shape
-GGUF_CASES = [
-    ("ckpt missing", ["--ckpt", "{ws}/nope.pt", "--out", "{ws}/m.gguf"], ["--ckpt", "nope.pt", "does not exist"]),
-    ("ckpt unparsable tokenizer_json", ["--ckpt", "{ws}/badtok.pt", "--out", "{ws}/m.gguf"], ["badtok.pt", "damaged"]),
-    ("ckpt config a list", ["--ckpt", "{ws}/listconfig.pt", "--out", "{ws}/m.gguf"], ["listconfig.pt", "damaged"]),
-    ("ckpt wrong-shape wte", ["--ckpt", "{ws}/badshape.pt", "--out", "{ws}/m.gguf"], ["badshape.pt", "wte"]),
-    ("ckpt SentencePiece", ["--ckpt", "{ws}/spm.pt", "--out", "{ws}/m.gguf"],
-     ["spm.pt", "sentencepiece", "byte-level BPE"]),
-    ("ckpt without biases", ["--ckpt", "{ws}/nobias.pt", "--out", "{ws}/m.gguf"], ["nobias.pt", "bias=False"]),
-    ("ckpt tokenizer with a prefix space", ["--ckpt", "{ws}/prefixspace.pt", "--out", "{ws}/m.gguf"],
-     ["prefixspace.pt", "prefix space", "llama.cpp"]),
-    ("out exists", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/corpus.txt"], ["--out", "corpus.txt", "--overwrite"]),
-    ("out is the checkpoint", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/good.pt", "--overwrite"],
-     ["--out", "good.pt", "checkpoint itself"]),
-    ("out is a folder", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/nodocs"], ["--out", "nodocs", "is a folder"]),
-    ("out under a file", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/corpus.txt/m.gguf"],
-     ["--out", "corpus.txt", "is a file, not a folder"]),
-    ("out not writable", ["--ckpt", "{ws}/good.pt", "--out", "/sys/m.gguf"],  # read-only even for root
-     ["--out", "/sys/m.gguf", "cannot be written"]),
-    ("outtype unknown", ["--ckpt", "{ws}/good.pt", "--out", "{ws}/m.gguf", "--outtype", "q4_0"],
-     ["--outtype", "q4_0", "f32", "f16"]),
-]
-
-
-@pytest.mark.parametrize("argv, words", [c[1:] for c in GGUF_CASES], ids=[c[0] for c in GGUF_CASES])
-def test_export_gguf_bad_input(argv, words, gguf_ws, monkeypatch, capsys):
-    pytest.importorskip("gguf", reason=GGUF_HINT)
-    code, err = run_case(export_gguf.main, argv, gguf_ws, monkeypatch, capsys)
-    check(code, err, "export_gguf.py", words)
 
 
 # --------------------------------------------------------------------------- llama.cpp runs it as we do
