@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+import export_gguf
 import export_hf
 import metrics
 import pretrained
@@ -107,6 +108,14 @@ def test_fine_tune_a_gpt2_folder_then_sample_and_export_it_back(hf_folders, tiny
     ids = torch.tensor([tok.encode("ROMEO: what light").ids])
     with torch.no_grad():
         torch.testing.assert_close(exported(ids).logits, ours(ids)[0], rtol=0, atol=1e-4)
+
+    # ... and to llama.cpp: a GPT-2 tokenizer with its one special token, which starts and ends text.
+    gguf = pytest.importorskip("gguf", reason="export needs the gguf extra")
+    assert export_gguf.main(["--ckpt", str(out / trainer.BEST_NAME), "--out", str(tmp_path / "m.gguf")]) == 0
+    reader = gguf.GGUFReader(tmp_path / "m.gguf")
+    assert reader.fields["tokenizer.ggml.eos_token_id"].contents() == eot
+    assert reader.fields["tokenizer.ggml.bos_token_id"].contents() == eot
+    assert reader.fields["tokenizer.ggml.tokens"].contents()[eot] == "<|endoftext|>"
 
 
 def test_the_first_step_sees_the_source_models_loss_on_the_same_batch(tiny_run, tiny_file, tmp_path):
