@@ -146,6 +146,9 @@ FLAGS: list[tuple[str, list[tuple[str, dict]]]] = [
         ("--eval_interval", dict(type=bounded_int(1, MAX_COUNT), default=250,
                                  help="evaluate and checkpoint every N steps")),
         ("--eval_iters", dict(type=bounded_int(1, MAX_COUNT), default=50, help="batches averaged per evaluation")),
+        ("--early_stop", dict(type=bounded_int(0, MAX_COUNT), default=0,
+                              help="end the run after this many evaluations in a row without a new best "
+                                   "validation loss, saving as at any end (0 = off)")),
         ("--out_dir", dict(type=Path, default=Path("."),
                            help=f"folder for {trainer.BEST_NAME}, {trainer.LAST_NAME}, {metrics.METRICS_NAME} "
                                 f"and {metrics.PLOT_NAME}")),

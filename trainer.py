@@ -92,6 +92,11 @@ class TrainState:
     started: float = field(default_factory=lambda: clock())  # the clock when this process's loop began
     saved_step: int | None = None  # the step mini_gpt_last.pt holds, when this process knows it
     healthy: bool = True  # whether the latest evaluation found finite weights and a finite validation loss
+    best_step: int | None = None  # the step bpe_best.pt holds
+    evals_since_best: int = 0  # evaluations since the last new best validation loss (for --early_stop)
+    recent: list = field(default_factory=list)  # (train loss, val loss) of the latest evaluations
+    noted_memorising: bool = False  # the memorising note is said once per run
+    early_stopped: bool = False
 
     def elapsed(self) -> float:
         """Seconds trained, earlier runs of this checkpoint included."""
@@ -186,6 +191,7 @@ def setup(args, world: distributed.World, run_data: RunData, resume: resume_.Res
     )
     if resume is not None:
         restore(state, resume, world)
+    note_small_corpus(raw_model, run_data, args)
     log = metrics.MetricsLog(args.out_dir / metrics.METRICS_NAME if world.is_main else None)  # one writer
     init_from = source.record() if source else (resume.state.get("init_from") if resume else None)
     run = Run(args, world, run_data, model, dtype, log, start_step=state.step, init_from=init_from)
@@ -199,6 +205,17 @@ def setup(args, world: distributed.World, run_data: RunData, resume: resume_.Res
     return run, state
 
 
+def note_small_corpus(model: GPT, run_data: RunData, args) -> None:
+    """One line when the corpus is small for the model, so that memorising it is what to expect."""
+    tokens, params = len(run_data.token_data.train), sum(p.numel() for p in model.parameters())
+    if tokens >= params:
+        return
+    print(f"note: {tokens:,} training tokens for {params / 1e6:.2f}M parameters ({tokens / params:.2f} per "
+          f"parameter) is a small corpus for this model: after a few passes it starts to memorise the text "
+          f"(validation loss rises; {BEST_NAME} keeps the best point). More text, a smaller model (--n_layer, "
+          f"--n_embed), --dropout 0.1-0.2 or --early_stop help")
+
+
 def restore(state: TrainState, resume: resume_.Resume, world: distributed.World) -> None:
     """Puts a checkpoint's weights, optimizer, scaler, random streams and counters into state."""
     saved = resume.state
@@ -209,6 +226,8 @@ def restore(state: TrainState, resume: resume_.Resume, world: distributed.World)
                                    state.scaler, state.generator)
     state.step = state.saved_step = int(saved["step"])
     state.best_val = float(saved["best_val_loss"])
+    state.best_step = saved.get("best_step")  # checkpoints from before it was saved: unknown
+    state.evals_since_best = int(saved.get("evals_since_best", 0))
     state.skipped.total = int(saved.get("skipped_steps", 0))
     state.time_before = float(saved.get("train_time", 0.0))
 
@@ -235,6 +254,7 @@ def fit(run: Run, state: TrainState, stop: GracefulStop) -> int:
             report(run, state, bar, loss, lr)
             if state.step % args.eval_interval == 0 or finished:
                 evaluate_and_save(run, state)
+                finished = finished or stop_early(run, state)
             signum = run.world.agreed_signal(stop.signum)  # under torchrun every rank stops after the same step
             if signum and not finished:
                 return stopped(run, state, bar, signum)
@@ -355,7 +375,9 @@ def evaluate_and_save(run: Run, state: TrainState) -> None:
     healthy = state.healthy = math.isfinite(val) and finite_weights(state.raw_model)
     is_best = healthy and val < state.best_val
     if is_best:
-        state.best_val = val
+        state.best_val, state.best_step, state.evals_since_best = val, state.step, 0
+    else:
+        state.evals_since_best += 1
     run.log.write("eval", **progress_fields(run, state, state.optimizer.param_groups[0]["lr"]),
                   train_loss=losses["train"], val_loss=val, val_ppl=math.exp(min(val, 700)), val_bpb=bpb)
     note = ""
@@ -369,6 +391,35 @@ def evaluate_and_save(run: Run, state: TrainState) -> None:
     ppl = math.exp(min(val, 700))
     tqdm.write(f"step {state.step}: train loss {losses['train']:.4f}, val loss {val:.4f}, "
                f"val ppl {ppl:{'.2f' if ppl < 1e6 else '.3g'}}, val bits/byte {bpb:.3f}{note}")
+    note_memorising(run, state, losses["train"], val)
+
+
+MEMORISING_EVALS = 3  # validation loss up (and training loss down) at this many evaluations in a row
+
+
+def note_memorising(run: Run, state: TrainState, train: float, val: float) -> None:
+    """One line, once, when the validation loss keeps rising while the training loss keeps falling."""
+    state.recent = [*state.recent, (train, val)][-(MEMORISING_EVALS + 1) :]
+    if state.noted_memorising or len(state.recent) <= MEMORISING_EVALS:
+        return
+    if all(b[1] > a[1] and b[0] < a[0] for a, b in zip(state.recent, state.recent[1:])):
+        best = f"step {state.best_step}" if state.best_step is not None else "the best evaluation"
+        stop = f"; --early_stop {run.args.early_stop} ends the run" if run.args.early_stop else (
+            f"; --early_stop {MEMORISING_EVALS} would have ended the run here")
+        tqdm.write(f"note: the validation loss has risen for {MEMORISING_EVALS} evaluations while the training loss "
+                   f"fell: the model is memorising its training text; {run.best_path} holds {best}{stop}")
+        state.noted_memorising = True
+
+
+def stop_early(run: Run, state: TrainState) -> bool:
+    """--early_stop N: true (and one line) after N evaluations in a row without a new best validation loss."""
+    patience = run.args.early_stop
+    if not patience or state.evals_since_best < patience:
+        return False
+    state.early_stopped = True
+    tqdm.write(f"early stop at step {state.step}: no new best validation loss in {patience} evaluations; "
+               f"{run.best_path} holds step {state.best_step}")
+    return True
 
 
 def stopped(run: Run, state: TrainState, bar: tqdm, signum: int) -> int:
@@ -390,7 +441,7 @@ def finish(run: Run, state: TrainState) -> int:
     """The end of a run: the plot, the summary, and where the best model is."""
     args = run.args
     draw_plot(run.log.path)
-    if state.step < args.max_steps:
+    if state.step < args.max_steps and not state.early_stopped:
         print(f"time budget of {args.max_time:.0f}s spent after {state.step} of {args.max_steps} steps")
     if run.world.enabled:
         print(run.world.compare_weights(state.raw_model))
@@ -420,6 +471,8 @@ def checkpoint_state(run: Run, state: TrainState, rngs: list[dict]) -> dict:
         "step": state.step,
         "world_size": run.world.size,
         "best_val_loss": state.best_val,
+        "best_step": state.best_step,
+        "evals_since_best": state.evals_since_best,
         "rng": rngs[0],
         **({"rng_ranks": rngs} if run.world.enabled else {}),
         "corpus_fingerprint": run.data.fingerprint,
