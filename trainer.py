@@ -38,12 +38,12 @@ from evaluate import estimate_loss
 from files import OutputError, check_file_target, check_free_space, check_writable, remove_stale_temps
 from model import GPT, GPTConfig
 from prepare import RunData
-from schedule import budget_spent, lr_factor, progress
+from progress import draw_plot, note_memorising, note_small_corpus, progress_bar, progress_fields, report
+from schedule import budget_spent, lr_factor
 from stopping import GracefulStop, SkippedSteps, TrainingDiverged, finite_weights
 
 BEST_NAME, LAST_NAME = "bpe_best.pt", "mini_gpt_last.pt"
 clock = time.perf_counter  # the training loop's clock; tests replace it to fake the passing of time
-BAR_UNITS = 1000  # a time-budgeted run's bar counts thousandths of the budget
 
 
 @dataclass
@@ -100,7 +100,11 @@ class TrainState:
 
     def elapsed(self) -> float:
         """Seconds trained, earlier runs of this checkpoint included."""
-        return self.time_before + clock() - self.started
+        return self.time_before + self.run_seconds()
+
+    def run_seconds(self) -> float:
+        """Seconds this process has trained."""
+        return clock() - self.started
 
 
 # --------------------------------------------------------------------------- set up
@@ -191,7 +195,7 @@ def setup(args, world: distributed.World, run_data: RunData, resume: resume_.Res
     )
     if resume is not None:
         restore(state, resume, world)
-    note_small_corpus(raw_model, run_data, args)
+    note_small_corpus(raw_model, run_data, BEST_NAME)
     log = metrics.MetricsLog(args.out_dir / metrics.METRICS_NAME if world.is_main else None)  # one writer
     init_from = source.record() if source else (resume.state.get("init_from") if resume else None)
     run = Run(args, world, run_data, model, dtype, log, start_step=state.step, init_from=init_from)
@@ -203,17 +207,6 @@ def setup(args, world: distributed.World, run_data: RunData, resume: resume_.Res
     log.write("start", step=state.step, tokens_per_step=run.tokens_per_step, config=plain_flags(args),
               **({"init_from": init_from} if init_from else {}))
     return run, state
-
-
-def note_small_corpus(model: GPT, run_data: RunData, args) -> None:
-    """One line when the corpus is small for the model, so that memorising it is what to expect."""
-    tokens, params = len(run_data.token_data.train), sum(p.numel() for p in model.parameters())
-    if tokens >= params:
-        return
-    print(f"note: {tokens:,} training tokens for {params / 1e6:.2f}M parameters ({tokens / params:.2f} per "
-          f"parameter) is a small corpus for this model: after a few passes it starts to memorise the text "
-          f"(validation loss rises; {BEST_NAME} keeps the best point). More text, a smaller model (--n_layer, "
-          f"--n_embed), --dropout 0.1-0.2 or --early_stop help")
 
 
 def restore(state: TrainState, resume: resume_.Resume, world: distributed.World) -> None:
@@ -311,54 +304,6 @@ def train_step(run: Run, state: TrainState) -> float:
     return loss_sum.item() / args.grad_accum_steps
 
 
-def report(run: Run, state: TrainState, bar: tqdm, loss: float, lr: float) -> None:
-    """Moves the bar, shows loss / lr / speed / epoch on it, and logs a train record every --log_interval."""
-    args = run.args
-    elapsed = run.world.max(state.elapsed())
-    postfix = dict(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_second(run, state):,.0f}",
-                   epoch=f"{epoch(run, state):.2f}")
-    if state.skipped.total:
-        postfix["skipped"] = state.skipped.total
-    if state.step == run.start_step + 1:
-        warn_if_hours(run, state)
-    if args.max_time:
-        postfix = {"step": state.step, **postfix}
-        bar.update(bar_position(run, state.step, elapsed) - bar.n)
-    else:
-        bar.update(1)
-    bar.set_postfix(postfix, refresh=False)
-    if state.step % args.log_interval == 0:
-        run.log.write("train", **progress_fields(run, state, lr), loss=loss)
-
-
-def warn_if_hours(run: Run, state: TrainState) -> None:
-    """After the first step: one line when this run would take more than an hour at this speed."""
-    args, per_step = run.args, clock() - state.started
-    left = per_step * (args.max_steps - state.step)
-    if args.max_time:
-        left = min(left, args.max_time - state.elapsed())
-    if left > 3600:
-        tqdm.write(f"note: a step takes {per_step:.1f}s on {run.world.device}, so this run would take about "
-                   f"{left / 3600:.0f} hours; --preset cpu trains a small model in minutes, and --max_time "
-                   f"bounds any run (e.g. --max_time 30:00)")
-
-
-def tokens_per_second(run: Run, state: TrainState) -> float:
-    """Training speed of this process's run so far (a resume counts from where it started)."""
-    return (state.step - run.start_step) * run.tokens_per_step / max(clock() - state.started, 1e-9)
-
-
-def progress_fields(run: Run, state: TrainState, lr: float) -> dict:
-    """Where the run is, for every metrics record: step, tokens, seconds, lr, speed, epoch."""
-    return dict(step=state.step, tokens=state.step * run.tokens_per_step, elapsed=round(state.elapsed(), 3),
-                lr=lr, tok_s=round(tokens_per_second(run, state), 1), epoch=round(epoch(run, state), 4))
-
-
-def epoch(run: Run, state: TrainState) -> float:
-    """Passes over the training tokens so far (tokens seen / training tokens)."""
-    return state.step * run.tokens_per_step / max(len(run.data.token_data.train), 1)
-
-
 def evaluate_and_save(run: Run, state: TrainState) -> None:
     """Estimates train and val loss, then writes mini_gpt_last.pt (and bpe_best.pt on a new best).
 
@@ -394,21 +339,6 @@ def evaluate_and_save(run: Run, state: TrainState) -> None:
     note_memorising(run, state, losses["train"], val)
 
 
-MEMORISING_EVALS = 3  # validation loss up (and training loss down) at this many evaluations in a row
-
-
-def note_memorising(run: Run, state: TrainState, train: float, val: float) -> None:
-    """One line, once, when the validation loss keeps rising while the training loss keeps falling."""
-    state.recent = [*state.recent, (train, val)][-(MEMORISING_EVALS + 1) :]
-    if state.noted_memorising or len(state.recent) <= MEMORISING_EVALS:
-        return
-    if all(b[1] > a[1] and b[0] < a[0] for a, b in zip(state.recent, state.recent[1:])):
-        best = f"step {state.best_step}" if state.best_step is not None else "the best evaluation"
-        stop = f"; --early_stop {run.args.early_stop} ends the run" if run.args.early_stop else (
-            f"; --early_stop {MEMORISING_EVALS} would have ended the run here")
-        tqdm.write(f"note: the validation loss has risen for {MEMORISING_EVALS} evaluations while the training loss "
-                   f"fell: the model is memorising its training text; {run.best_path} holds {best}{stop}")
-        state.noted_memorising = True
 
 
 def stop_early(run: Run, state: TrainState) -> bool:
@@ -501,33 +431,3 @@ def kept_checkpoint(run: Run, state: TrainState) -> str:
         return "nothing was saved: start again with a lower --lr"
     by = "as it was before this run" if state.saved_step == run.start_step else "saved by this run"
     return f"{run.last_path} holds step {state.saved_step} ({by}): resume it with a lower --lr"
-
-
-def bar_position(run: Run, step: int, elapsed: float) -> int:
-    return int(BAR_UNITS * progress(step, run.args.max_steps, elapsed, run.args.max_time))
-
-
-def progress_bar(run: Run, state: TrainState) -> tqdm:
-    """Steps out of --max_steps; with --max_time, the share of the run spent (the larger of steps and time),
-    so that its ETA follows whichever limit ends the run first."""
-    if run.args.max_time:
-        start = bar_position(run, state.step, state.time_before)
-        return tqdm(total=BAR_UNITS, initial=start, desc="training", dynamic_ncols=True,
-                    bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
-    return tqdm(total=run.args.max_steps, initial=state.step, desc="training", unit=" steps", dynamic_ncols=True)
-
-
-def draw_plot(metrics_path: Path | None) -> None:
-    """loss.png beside the metrics file, or one line on how to get it; nothing before the first record."""
-    if metrics_path is None:  # a DDP rank other than 0: it keeps no metrics
-        return
-    if not metrics.have_matplotlib():
-        print(f"{metrics.PLOT_HINT}; the numbers are in {metrics_path}")
-        return
-    try:
-        print(f"loss plot: {metrics.plot_metrics(metrics_path, metrics_path.with_name(metrics.PLOT_NAME))}")
-    except metrics.MetricsError:  # stopped before the first record: nothing to draw yet
-        pass
-    except OSError as exc:
-        raise OutputError(f"cannot write {metrics_path.with_name(metrics.PLOT_NAME)} ({exc.strerror or exc}); "
-                          f"the checkpoints are saved") from None

@@ -137,6 +137,9 @@ def main(argv=None) -> int:
     p.add_argument("--target_kb", type=int, default=250, help="size of corpus B, KB (10%% of it held out)")
     p.add_argument("--budgets", default="120,300", help="comma-separated training budgets on B, seconds")
     p.add_argument("--lrs", default="", help="also fine-tune at these learning rates (comma-separated)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                   help="also fine-tune with these extra flags, e.g. 'dropout=--dropout 0.1' (repeatable)")
+    p.add_argument("--no_scratch", action="store_true", help="skip the from-scratch runs (already measured)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="cpu",
                    help="budgets count wall seconds, or this process's CPU seconds per thread (fairer when shared)")
     p.add_argument("--work", type=Path, help="keep the runs in this folder (default: a temporary one)")
@@ -170,9 +173,12 @@ def main(argv=None) -> int:
 
     common = [*train_flags, "--eval_interval", "50", "--max_steps", "1000000"]
     for budget in args.budgets.split(","):
-        runs = [("scratch", ["--preset", "cpu"])] + [("init_from", ["--init_from", str(base), "--preset", "cpu"])]
+        runs = [] if args.no_scratch else [("scratch", ["--preset", "cpu"])]
+        runs += [("init_from", ["--init_from", str(base), "--preset", "cpu"])]
         runs += [(f"init_from lr={lr}", ["--init_from", str(base), "--preset", "cpu", "--lr", lr])
                  for lr in filter(None, args.lrs.split(","))]
+        runs += [(f"init_from {name}", ["--init_from", str(base), "--preset", "cpu", *flags.split()])
+                 for name, flags in (v.split("=", 1) for v in args.variant)]
         for name, flags in runs:
             out = work / f"{args.target}_{name.replace(' ', '_').replace('=', '')}_{budget}"
             wall = train([*flags, *common, "--out_dir", str(out), "--tokenizer_path", str(out / "tokenizer.json"),
@@ -188,7 +194,7 @@ def main(argv=None) -> int:
     for r in results:
         if "heldout_bpb" in r:
             print(f"| {r['run']} | {r['budget_s']} | {r['steps']:,} | {r['best_step']:,} | {r['heldout_bpb']:.4f} |")
-    for budget in args.budgets.split(","):
+    for budget in [] if args.no_scratch else args.budgets.split(","):
         scratch = next(r["heldout_bpb"] for r in results if r.get("run") == "scratch" and r["budget_s"] == int(budget))
         tuned = next(r["heldout_bpb"] for r in results if r.get("run") == "init_from" and r["budget_s"] == int(budget))
         print(f"{budget} s: init_from has {100 * (1 - tuned / scratch):.1f}% fewer bits per byte than scratch "

@@ -6,8 +6,8 @@ import math
 import pytest
 
 import metrics
+import progress
 import train_bpe
-import trainer
 from files import OutputError
 
 
@@ -57,7 +57,7 @@ def test_without_matplotlib_one_line_says_how_to_get_the_plot(tmp_path, monkeypa
     monkeypatch.setattr(metrics, "have_matplotlib", lambda: False)
     path = tmp_path / metrics.METRICS_NAME
     metrics.MetricsLog(path).write("eval", step=1, tokens=1, lr=1e-3, train_loss=1.0, val_loss=1.0)
-    trainer.draw_plot(path)
+    progress.draw_plot(path)
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "pip install -r requirements-extra.txt" in out
     assert not (tmp_path / metrics.PLOT_NAME).exists()
