@@ -157,6 +157,15 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def device_problem(name: str) -> str | None:
+    """What is wrong with a --device value on this machine, or None (for a script's flag checks)."""
+    try:
+        resolve_device(name)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def bf16_supported(device: torch.device) -> bool:
     """Whether bf16 matmuls run natively on this device (CPU: oneDNN's check for AVX512-BF16/AMX)."""
     if device.type == "cuda":

@@ -96,11 +96,7 @@ def check_args(args) -> str | None:
         return "--chat keeps a conversation, which needs --interactive"
     if args.interactive and (args.prompt or args.prompt_file or args.num_samples > 1):
         return "--interactive reads its prompts as you type them: drop --prompt, --prompt_file and --num_samples"
-    try:
-        cli.resolve_device(args.device)
-    except ValueError as exc:
-        return str(exc)
-    return None
+    return cli.device_problem(args.device)
 
 
 def read_prompt_file(path: Path) -> str:

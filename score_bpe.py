@@ -92,11 +92,7 @@ def check_args(args) -> str | None:
                 f"pass only one of --file, --data_dir or --text (got {', '.join('--' + g for g in given)})")
     if args.text == "":
         return "--text is empty: there is nothing to score"
-    try:
-        cli.resolve_device(args.device)
-    except ValueError as exc:
-        return str(exc)
-    return None
+    return cli.device_problem(args.device)
 
 
 def encode_file(tok, path: str, eos: int, folder: str) -> tuple[np.memmap, int]:

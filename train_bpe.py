@@ -221,11 +221,7 @@ def check_args(args) -> str | None:
     if args.lr * args.weight_decay >= 1:  # decoupled decay multiplies every weight by 1 - lr * weight_decay
         return (f"--weight_decay {args.weight_decay} with --lr {args.lr} would shrink every weight to zero or "
                 f"below in one step: keep --lr x --weight_decay below 1 (0.1 is usual)")
-    try:
-        cli.resolve_device(args.device)
-    except ValueError as exc:
-        return str(exc)
-    return None
+    return cli.device_problem(args.device)
 
 
 def format_config(args, width: int = 100) -> str:
