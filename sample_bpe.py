@@ -130,12 +130,13 @@ class Sampler:
         """Streams the first sample after the prompt, then the others; returns every sample's new text."""
         out = out or sys.stdout
         texts = [""] * num_samples
-        # The text shows progress on a terminal; when stdout is a file, a bar on stderr does instead.
-        bar = tqdm(total=settings.max_new_tokens, desc="sampling", unit=" tok", leave=False,
+        # The text shows progress on a terminal; when stdout is a file, a bar on stderr does instead
+        # (after a second, so a quick sample or a quick failure leaves stderr clean).
+        bar = tqdm(total=settings.max_new_tokens, desc="sampling", unit=" tok", leave=False, delay=1.0,
                    disable=out.isatty() if hasattr(out, "isatty") else True)
-        out.write(prompt)
         events = generate_text(self.model, self.tok, self.specials, prompt_ids, settings, num_samples, gens)
         try:
+            out.write(prompt)
             for row, text in events:
                 texts[row] += text
                 if row == 0:

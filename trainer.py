@@ -195,7 +195,8 @@ def setup(args, world: distributed.World, run_data: RunData, resume: resume_.Res
     )
     if resume is not None:
         restore(state, resume, world)
-    note_small_corpus(raw_model, run_data, BEST_NAME)
+    else:  # advice for choosing a model; a resumed run has chosen
+        note_small_corpus(raw_model, run_data, BEST_NAME)
     log = metrics.MetricsLog(args.out_dir / metrics.METRICS_NAME if world.is_main else None)  # one writer
     init_from = source.record() if source else (resume.state.get("init_from") if resume else None)
     run = Run(args, world, run_data, model, dtype, log, start_step=state.step, init_from=init_from)
