@@ -16,6 +16,7 @@ import cli
 import data
 import distributed
 import metrics
+import model
 import resume
 import tokenizer
 import trainer
@@ -90,6 +91,22 @@ FLAGS: list[tuple[str, list[tuple[str, dict]]]] = [
         ("--n_embed", dict(type=bounded_int(1, MAX_WIDTH), default=384, help="width of the residual stream")),
         ("--block_size", dict(type=bounded_int(1, MAX_CONTEXT), default=256, help="context length in tokens")),
         ("--dropout", dict(type=finite_float, default=0.1, help="dropout probability (0 disables it)")),
+        ("--pos_emb", dict(choices=model.POS_EMBS, default="learned",
+                           help="positions: a learned table (GPT-2) or rotary embeddings (rope, as Llama)")),
+        ("--rope_theta", dict(type=finite_float, default=10000.0, help="rotary base frequency (with --pos_emb rope)")),
+        ("--norm", dict(choices=model.NORMS, default="layernorm", help="layernorm (GPT-2) or rmsnorm (Llama)")),
+        ("--qk_norm", dict(action=argparse.BooleanOptionalAction, default=False,
+                           help="RMSNorm on queries and keys before attention (Qwen3)")),
+        ("--mlp", dict(choices=model.MLPS, default="gelu",
+                       help="MLP: gelu (GPT-2), swiglu (Llama; same parameters) or relu2 (no standard tool runs it)")),
+        ("--bias", dict(action=argparse.BooleanOptionalAction, default=True,
+                        help="biases in linear layers and LayerNorms (GPT-2); --no-bias as Llama")),
+        ("--tie_embeddings", dict(action=argparse.BooleanOptionalAction, default=True,
+                                  help="the output layer shares the token embedding matrix")),
+        ("--zero_init_proj", dict(action=argparse.BooleanOptionalAction, default=False,
+                                  help="start the attention and MLP output projections at zero")),
+        ("--logit_softcap", dict(type=finite_float, default=0.0,
+                                 help="cap logits smoothly at +-this (0 = off; Llama and llama.cpp's llama do not)")),
     ]),
     ("optimisation", [
         ("--batch_size", dict(type=bounded_int(1, MAX_CONTEXT), default=128, help="sequences per micro-batch")),
@@ -115,6 +132,14 @@ FLAGS: list[tuple[str, list[tuple[str, dict]]]] = [
         ("--weight_decay", dict(type=finite_float, default=0.1, help="AdamW weight decay, on matrices only")),
         ("--grad_clip", dict(type=finite_float, default=1.0, help="clip the gradient norm to this (0 = off)")),
         ("--use_cosine", dict(action="store_true", help="warmup then cosine decay (else a constant LR)")),
+        ("--lr_schedule", dict(choices=("cosine", "wsd"), default="cosine",
+                               help="after warmup (with --use_cosine): cosine decay to --min_lr_factor, or wsd: "
+                                    "constant, then a linear warmdown to --min_lr_factor over the last "
+                                    "--warmdown_fraction of the run")),
+        ("--warmdown_fraction", dict(type=finite_float, default=0.3, help="share of the run the wsd warmdown takes")),
+        ("--batch_order", dict(choices=data.BATCH_ORDERS, default="random",
+                               help="random: independent random windows; epochs: every pass over the training "
+                                    "tokens visits each of its non-overlapping windows once, in a new random order")),
         ("--max_bad_steps", dict(type=bounded_int(1, MAX_COUNT), default=20,
                                  help="stop after this many optimizer steps in a row with a non-finite loss or "
                                       "gradient (each such step is skipped)")),
@@ -197,11 +222,17 @@ def check_args(args) -> str | None:
             return f"--{name} must be a positive number up to 10, got {getattr(args, name)}"
     if args.warmup_steps > args.max_steps:
         return f"--warmup_steps {args.warmup_steps} must be between 0 and --max_steps {args.max_steps}"
+    if not 0 < args.warmdown_fraction <= 1:
+        return f"--warmdown_fraction must be in (0, 1], got {args.warmdown_fraction}"
     if not 0 <= args.min_lr_factor <= 1:
         return f"--min_lr_factor must be in [0, 1], got {args.min_lr_factor}"
     for name in ("weight_decay", "grad_clip"):
         if getattr(args, name) < 0:
             return f"--{name} must not be negative, got {getattr(args, name)}"
+    try:
+        model.GPTConfig(**trainer.layout(args), n_head=args.n_head, n_embed=args.n_embed).check()
+    except ValueError as exc:
+        return str(exc).replace("config ", "--", 1)
     try:
         cli.resolve_device(args.device)
     except ValueError as exc:

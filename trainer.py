@@ -43,6 +43,9 @@ from stopping import GracefulStop, SkippedSteps, TrainingDiverged, finite_weight
 BEST_NAME, LAST_NAME = "bpe_best.pt", "mini_gpt_last.pt"
 clock = time.perf_counter  # the training loop's clock; tests replace it to fake the passing of time
 BAR_UNITS = 1000  # a time-budgeted run's bar counts thousandths of the budget
+# GPTConfig fields set by train_bpe.py flags of the same names (the model's layout beyond its sizes)
+LAYOUT_FLAGS = ("pos_emb", "rope_theta", "norm", "qk_norm", "mlp", "bias", "tie_embeddings", "zero_init_proj",
+                "logit_softcap")
 
 
 @dataclass
@@ -154,8 +157,8 @@ def setup(args, world: distributed.World, run_data: RunData,
     """Builds the model, optimizer and state for step 0, or restores them from a checkpoint."""
     torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also copies rank 0's)
     device = world.device
-    config = GPTConfig(vocab_size=run_data.tok.get_vocab_size(), block_size=args.block_size, n_layer=args.n_layer,
-                       n_head=args.n_head, n_embed=args.n_embed, dropout=args.dropout)
+    config = GPTConfig(**layout(args), vocab_size=run_data.tok.get_vocab_size(), block_size=args.block_size,
+                       n_layer=args.n_layer, n_head=args.n_head, n_embed=args.n_embed, dropout=args.dropout)
     raw_model = GPT(config).to(device)
     model = torch.compile(raw_model) if args.compile else raw_model  # checkpoints save raw_model
     model = world.wrap(model)  # DDP under torchrun (averages gradients across ranks); unchanged otherwise
@@ -183,6 +186,11 @@ def setup(args, world: distributed.World, run_data: RunData,
           f"sequences ({run.tokens_per_step:,} tokens) per step")
     log.write("start", step=state.step, tokens_per_step=run.tokens_per_step, config=plain_flags(args))
     return run, state
+
+
+def layout(args) -> dict:
+    """The GPTConfig layout fields (positions, norms, MLP, ...) from flags of the same names."""
+    return {name: getattr(args, name) for name in LAYOUT_FLAGS}
 
 
 def restore(state: TrainState, resume: resume_.Resume, world: distributed.World) -> None:
@@ -234,7 +242,7 @@ def set_learning_rate(run: Run, state: TrainState) -> float:
     args = run.args
     # Under torchrun every rank uses the same (slowest) clock, or their learning rates and stops would differ.
     factor = lr_factor(state.step, args.warmup_steps, args.max_steps, args.min_lr_factor,
-                       run.world.max(state.elapsed()), args.max_time)
+                       run.world.max(state.elapsed()), args.max_time, args.lr_schedule, args.warmdown_fraction)
     lr = args.lr * (factor if args.use_cosine else 1.0)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
@@ -249,7 +257,7 @@ def train_step(run: Run, state: TrainState) -> float:
     args, world, device = run.args, run.world, run.world.device
     loss_sum = torch.zeros((), device=device)
     for micro_step in range(args.grad_accum_steps):
-        x, y = run.data.token_data.get_batch("train", args.batch_size, state.generator)
+        x, y = train_batch(run, state, micro_step)
         if device.type == "cuda":
             x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         else:
@@ -275,6 +283,16 @@ def train_step(run: Run, state: TrainState) -> float:
             f"non-finite loss or gradient (--max_bad_steps {args.max_bad_steps}); {kept_checkpoint(run, state)}"
         )
     return loss_sum.item() / args.grad_accum_steps
+
+
+def train_batch(run: Run, state: TrainState, micro_step: int):
+    """This micro-step's (x, y) training batch, in the order --batch_order asks for."""
+    args, world = run.args, run.world
+    if args.batch_order == "epochs":
+        # The draw's number fixes its windows (no sampler state), so a resumed run continues exactly.
+        draw = (state.step * args.grad_accum_steps + micro_step) * world.size + world.rank
+        return run.data.token_data.epoch_batch(draw, args.batch_size, args.seed)
+    return run.data.token_data.get_batch("train", args.batch_size, state.generator)
 
 
 def report(run: Run, state: TrainState, bar: tqdm, loss: float, lr: float) -> None:
