@@ -84,11 +84,10 @@ MLPS = ("gelu", "swiglu", "relu2")
 NORM_EPS = 1e-5  # LayerNorm's and RMSNorm's epsilon: GPT-2's and Llama's layer_norm / rms_norm eps
 
 
-def make_norm(config: GPTConfig, size: int | None = None) -> nn.Module:
-    size = config.n_embed if size is None else size
+def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(size, eps=NORM_EPS)  # a gain, never a bias (as Llama)
-    return nn.LayerNorm(size, eps=NORM_EPS, bias=config.bias)
+        return nn.RMSNorm(config.n_embed, eps=NORM_EPS)  # a gain, never a bias (as Llama)
+    return nn.LayerNorm(config.n_embed, eps=NORM_EPS, bias=config.bias)
 
 
 def rope_tables(config: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
