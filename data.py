@@ -469,7 +469,9 @@ class TokenData:
         repeat other parts). The offset and order depend on (seed, epoch) only.
         """
         n, block = self.windows_per_epoch(), self.block_size
-        gen = torch.Generator().manual_seed((seed << 32) ^ epoch)
+        # torch's CPU generator keeps only 32 bits of a seed: hash both numbers into them.
+        key = hashlib.sha256(f"batch order {seed} {epoch}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(key[:4], "little"))
         offset = torch.randint(min(block - 1, len(self.train) - 1 - n * block) + 1, (1,), generator=gen).item()
         return offset + torch.randperm(n, generator=gen) * block  # (n,)
 
