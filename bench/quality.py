@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -37,9 +38,15 @@ from prepare import DEFAULT_DATA_FILE  # noqa: E402
 from schedule import parse_duration  # noqa: E402
 
 
-def full_val_bits_per_byte(ckpt: Path, corpus: data.Corpus, cache_dir: Path, batch_size: int = 32) -> tuple[float, int]:
-    """Bits per byte over every token of the run's validation split, and how many bytes that is."""
+def full_val_bits_per_byte(ckpt: Path, corpus: data.Corpus, cache_dir: Path, batch_size: int = 32,
+                           weights: dict | None = None) -> tuple[float, int]:
+    """Bits per byte over every token of the run's validation split, and how many bytes that is.
+    weights: parameters (by name) to score instead of the checkpoint's, e.g. an average of them."""
     model, tok, _, _ = load_model(ckpt, "cpu")
+    if weights is not None:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(weights[name])
     with token_cache.reuse_or_encode(corpus, tok, cache_dir) as cache:  # the training run's cache
         val = cache.token_data(model.config.block_size).val
         nats = evaluate_stream(model, val, batch_size, "cpu")
@@ -66,6 +73,55 @@ def reuse_flags(args, out: Path, extra: list[str]) -> tuple[list[str], Path]:
     return ["--tokenizer_path", str(tok_path), "--cache_dir", str(cache)], cache
 
 
+class WeightAverages:
+    """--ema: exponential moving averages of the weights, updated after every optimizer step, to score at the
+    end beside the weights themselves (for the record: the trainer does not keep one)."""
+
+    def __init__(self, decays: list[float]):
+        self.decays, self.averages = decays, {d: {} for d in decays}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for decay, average in self.averages.items():
+            for name, p in model.named_parameters():
+                if name in average:
+                    average[name].lerp_(p.detach(), 1 - decay)
+                else:
+                    average[name] = p.detach().clone()
+
+
+class AdaptiveThreads:
+    """--threads auto: every `every` steps, uses all cores while no other process wants them and one thread
+    while one does. Threads that wait for each other at every parallel region stall badly when another job
+    takes a core (7x slower steps seen here), one thread does not; the numbers do not change, so a --steps
+    run's quality does not depend on it."""
+
+    def __init__(self, every: int = 20):
+        self.every, self.calls, self.cores = every, 0, torch.get_num_threads()
+        self.last = self.sample()
+
+    @staticmethod
+    def sample() -> tuple[float, float, float]:
+        """(wall seconds, CPU seconds busy on the machine, CPU seconds of this process)."""
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait
+        with open("/proc/self/stat") as f:
+            own = sum(int(v) for v in f.read().rsplit(")", 1)[1].split()[11:13])  # utime + stime
+        hz = os.sysconf("SC_CLK_TCK")
+        return time.perf_counter(), busy / hz, own / hz
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.calls % self.every:
+            return
+        now = self.sample()
+        wall = max(now[0] - self.last[0], 1e-6)
+        others = ((now[1] - self.last[1]) - (now[2] - self.last[2])) / wall  # cores other processes used
+        self.last = now
+        torch.set_num_threads(1 if others > 0.5 else self.cores)
+
+
 def one_run(args, extra: list[str], seed: int) -> dict:
     """Trains one run (--budget of time, or --steps steps) and scores it; returns its table row as a dict."""
     with tempfile.TemporaryDirectory() as out:
@@ -77,7 +133,24 @@ def one_run(args, extra: list[str], seed: int) -> dict:
         train_argv = ["--preset", "cpu", *corpus_flags(args), "--out_dir", str(out), *reuse, *budget,
                       "--eval_interval", "1000000", "--eval_iters", "2", "--seed", str(seed), *extra]
         start, cpu_start = time.perf_counter(), time.process_time()
-        code = train_bpe.main(train_argv)
+        adapt = AdaptiveThreads() if args.threads == "auto" else (lambda: None)
+        averages = WeightAverages([float(d) for d in args.ema.split(",")] if args.ema else [])
+        real_step = trainer.train_step
+
+        def step(run, state):
+            adapt()
+            loss = real_step(run, state)
+            averages.update(state.raw_model)
+            return loss
+
+        if args.threads == "auto" or args.ema:
+            trainer.train_step = step
+        try:
+            code = train_bpe.main(train_argv)
+        finally:
+            trainer.train_step = real_step
+            if args.threads == "auto":
+                torch.set_num_threads(adapt.cores)
         if code:
             raise SystemExit(code)
         wall = time.perf_counter() - start
@@ -89,6 +162,8 @@ def one_run(args, extra: list[str], seed: int) -> dict:
         tokens_seen = steps * run_args["batch_size"] * run_args["grad_accum_steps"] * run_args["block_size"]
         corpus = data.scan_corpus(data_file=None if args.data_dir else args.data_file, data_dir=args.data_dir)
         bpb, val_bytes = full_val_bits_per_byte(ckpt, corpus, cache_dir)
+        ema = {str(d): round(full_val_bits_per_byte(ckpt, corpus, cache_dir, weights=averages.averages[d])[0], 4)
+               for d in averages.decays}
 
         model, tok, _, _ = load_model(ckpt, "cpu")
         gen = torch.Generator().manual_seed(1337)
@@ -99,8 +174,9 @@ def one_run(args, extra: list[str], seed: int) -> dict:
                 tokens_seen=tokens_seen, train_s=round(state["train_time"], 1),
                 ms_per_step=round(1000 * state["train_time"] / max(steps, 1), 1),
                 budget=f"{args.steps} steps" if args.steps else f"{parse_duration(args.budget):.0f} s {args.clock}",
-                corpus=str(args.data_dir or args.data_file), wall_s=round(wall), cpu_share=round(cpu_share, 2),
-                val_bytes=val_bytes, sample=sample)
+                corpus=str(args.data_dir or args.data_file), threads=torch.get_num_threads(), wall_s=round(wall),
+                cpu_share=round(cpu_share, 2),
+                val_bytes=val_bytes, ema_bits_per_byte=ema, sample=sample)
 
 
 def main(argv=None) -> int:
@@ -123,9 +199,17 @@ def main(argv=None) -> int:
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="what the budget counts: wall seconds, or this process's CPU seconds per thread "
                         "(the same on an idle machine; on a shared one, cpu keeps runs comparable)")
+    p.add_argument("--threads", default="0",
+                   help="torch threads (0 = torch's default, all cores); 1, or auto (all cores while no other job "
+                        "runs, else 1), keeps a --steps run from stalling when other jobs share the cores (its "
+                        "quality does not depend on the thread count; its ms/step then means little)")
+    p.add_argument("--ema", help="also score exponential moving averages of the weights with these decays, "
+                                 "comma-separated (e.g. 0.99,0.999)")
     p.add_argument("--log", type=Path, help="append the result as one JSON line to this file")
     p.add_argument("--prompt", default="ROMEO:", help="prompt for the printed sample")
     args = p.parse_args(own)
+    if args.threads not in ("0", "auto"):
+        torch.set_num_threads(int(args.threads))
     if args.clock == "cpu":
         threads = torch.get_num_threads()
         trainer.clock = lambda: time.process_time() / threads  # the training loop's clock
@@ -142,6 +226,8 @@ def main(argv=None) -> int:
     for r in results:
         print(f"| {r['label']} | {r['extra'] or '-'} | {r['budget']} | {r['seed']} | {r['bits_per_byte']:.3f} | "
               f"{r['steps']:,} | {r['tokens_seen']:,} | {r['ms_per_step']} | {r['cpu_share']:.2f} |")
+        for decay, bpb in r["ema_bits_per_byte"].items():
+            print(f"|   weight average (EMA {decay}) | | | | {bpb:.3f} | | | | |")
     median = statistics.median(r["bits_per_byte"] for r in results)
     if args.repeats > 1:
         print(f"\nmedian of {args.repeats}: {median:.3f} bits/byte")

@@ -2,7 +2,8 @@
 
     flock /tmp/cpu.lock python bench/step_time.py -- "" "--n_layer 6" "--vocab_size 8192"
 
-Each argument after "--" is one setting: train_bpe.py flags on top of --preset cpu ("" = the preset).
+Each argument after "--" is one setting: train_bpe.py flags on top of --preset cpu ("" = the preset),
+optionally led by "threads=N" to run it with N torch threads (default: torch's, all cores).
 Every repeat times every setting once, in turn, so a change in the machine's load hits all of them
 alike; the median over repeats is reported with its ratio to the first setting. A step is
 trainer.train_step itself (forward, backward, clipping, optimizer) on random tokens: the speed of
@@ -32,6 +33,9 @@ import trainer  # noqa: E402
 from prepare import RunData  # noqa: E402
 
 
+DEFAULT_THREADS = torch.get_num_threads()
+
+
 class FakeTokenizer:
     """All trainer.setup asks of a tokenizer: its size."""
 
@@ -44,7 +48,10 @@ class FakeTokenizer:
 
 def time_setting(flags: str, warmup: int, steps: int, out: Path) -> tuple[float, float]:
     """(wall ms per step, CPU share) of `steps` steps after `warmup` untimed ones."""
-    args, _ = train_bpe.parse_args(["--preset", "cpu", "--out_dir", str(out), *shlex.split(flags)])
+    words = shlex.split(flags)
+    threads = int(words.pop(0).split("=")[1]) if words and words[0].startswith("threads=") else DEFAULT_THREADS
+    torch.set_num_threads(threads)
+    args, _ = train_bpe.parse_args(["--preset", "cpu", "--out_dir", str(out), *words])
     tokens = np.random.default_rng(0).integers(4, args.vocab_size, 400_000).astype(np.int64)
     token_data = data.TokenData(tokens, args.block_size)
     run_data = RunData(FakeTokenizer(args.vocab_size), out / "none.json", None, token_data, "", 0)
@@ -55,7 +62,7 @@ def time_setting(flags: str, warmup: int, steps: int, out: Path) -> tuple[float,
     for _ in range(steps):
         trainer.train_step(run, state)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return 1000 * wall / steps, cpu / (wall * torch.get_num_threads())
+    return 1000 * wall / steps, cpu / (wall * threads)
 
 
 def main(argv=None) -> int:
@@ -78,7 +85,7 @@ def main(argv=None) -> int:
                 print(f"  {s or '(preset)'}: {ms:.1f} ms/step, CPU share {share:.2f}", flush=True)
     base = statistics.median(times[settings[0]])
     print(f"\n{args.repeats} interleaved repeats of {args.steps} steps after {args.warmup}; "
-          f"{torch.get_num_threads()} threads\n\n| setting | ms/step (median) | all | vs first | CPU share |\n"
+          f"{DEFAULT_THREADS} threads unless the setting says\n\n| setting | ms/step (median) | all | vs first | CPU share |\n"
           "|---|---:|---|---:|---:|")
     for s in settings:
         med = statistics.median(times[s])
