@@ -40,6 +40,8 @@ IGNORED_REASONS = frozenset({"other extension", "ignored folder", OUTPUT_REASON}
 
 VAL_FRACTION = 0.1
 UTF16_REASON = "UTF-16 (convert it to UTF-8)"
+# How training batches are drawn (--batch_order): independent random windows, or shuffled passes (epochs).
+BATCH_ORDERS = ("random", "epochs")
 BINARY_SNIFF_BYTES = 8192  # a NUL byte in the first 8 KiB marks a file as binary (as git does)
 
 # The tokenizer's working memory is ~100 bytes per input character (it keeps per-byte alignments while
@@ -442,6 +444,7 @@ class TokenData:
         self.train, self.val = tokens[:split], tokens[split:]
         self.block_size = block_size
         self.val_bytes = val_bytes  # UTF-8 bytes the validation tokens stand for, when known
+        self._epoch: tuple[tuple[int, int] | None, list[int]] = (None, [])  # ((seed, epoch), its window starts)
         for name, part in (("training", self.train), ("validation", self.val)):
             if len(part) <= block_size:
                 raise DataError(
@@ -454,9 +457,43 @@ class TokenData:
         """x: (B, T) token ids, y: (B, T) the same ids shifted left by one."""
         data = self.train if split == "train" else self.val
         starts = torch.randint(len(data) - self.block_size, (batch_size,), generator=generator).tolist()
+        return self._blocks(data, starts)
+
+    def _blocks(self, data: np.ndarray, starts: list[int]):
         blocks = np.stack([data[i : i + self.block_size + 1] for i in starts]).astype(np.int64)  # (B, T+1)
         blocks = torch.from_numpy(blocks)
         return blocks[:, :-1], blocks[:, 1:]
+
+    def windows_per_epoch(self) -> int:
+        """How many non-overlapping training windows one pass holds (whatever its random offset)."""
+        return max(1, (len(self.train) - self.block_size) // self.block_size)
+
+    def epoch_starts(self, epoch: int, seed: int) -> torch.Tensor:
+        """Start of every training window of one pass, in that pass's random order.
+
+        A pass cuts the training tokens into block_size windows from a random offset below block_size,
+        so over many passes every position starts a window and every token is a target once per pass
+        (random windows, by contrast, leave ~1/e of the text out of any one pass's worth of batches and
+        repeat other parts). The offset and order depend on (seed, epoch) only.
+        """
+        n, block = self.windows_per_epoch(), self.block_size
+        # torch's CPU generator keeps only 32 bits of a seed: hash both numbers into them.
+        key = hashlib.sha256(f"batch order {seed} {epoch}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(key[:4], "little"))
+        offset = torch.randint(min(block - 1, len(self.train) - 1 - n * block) + 1, (1,), generator=gen).item()
+        return offset + torch.randperm(n, generator=gen) * block  # (n,)
+
+    def epoch_batch(self, draw: int, batch_size: int, seed: int):
+        """The draw-th batch of the "epochs" order: windows draw * batch_size ... of the endless sequence of
+        passes (a batch may straddle two). A pure function of its arguments: nothing to save for a resume."""
+        n = self.windows_per_epoch()
+        starts = []
+        for g in range(draw * batch_size, (draw + 1) * batch_size):
+            epoch = g // n
+            if self._epoch[0] != (seed, epoch):  # one pass's order is kept at a time
+                self._epoch = ((seed, epoch), self.epoch_starts(epoch, seed).tolist())
+            starts.append(self._epoch[1][g % n])
+        return self._blocks(self.train, starts)
 
 
 def bits_per_byte(mean_loss_nats: float, num_tokens: int, num_bytes: int) -> float:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 import cli
 import data
+import model
 import tokenizer
 from checkpoint import CheckpointError, embedded_tokenizer, load_checkpoint, model_config
 from files import advice, atomic_write, reason
@@ -39,9 +40,6 @@ EXAMPLES = """examples:
 
 GGUF_INSTALL_HINT = "pip install gguf==0.19.0 (or pip install -r requirements-extra.txt)"
 OUTTYPES = ("f32", "f16")
-# GPTConfig fields llama.cpp's gpt2 can express (the same set export_hf.py checks: scripts import no other
-# script). A field beyond these is a layout of ours that needs its own mapping, so it is refused.
-GPT2_FIELDS = {"vocab_size", "block_size", "n_layer", "n_head", "n_embed", "dropout", "bias"}
 
 # Our parameter names -> llama.cpp's for architecture "gpt2": gguf-py's constants.py (MODEL_TENSOR names listed
 # for MODEL_ARCH.GPT2), loaded by llama.cpp's src/models/gpt2.cpp. lm_head.weight is wte itself (tied) and is
@@ -88,13 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_gpt2_compatible(config: dict, ckpt) -> None:
     """Raises ExportError for a model llama.cpp's gpt2 cannot reproduce exactly."""
-    extra = sorted(set(config) - GPT2_FIELDS)
-    if extra:
-        raise ExportError(f"checkpoint {ckpt} uses option(s) {', '.join(extra)} that llama.cpp's gpt2 architecture "
-                          f"does not have; it cannot be exported as GGUF")
-    if not config.get("bias", True):
-        raise ExportError(f"checkpoint {ckpt} was trained with bias=False, but llama.cpp's gpt2 architecture "
-                          f"requires biases; it cannot be exported as GGUF")
+    if model.architecture(config) != "gpt2":
+        raise ExportError(f"checkpoint {ckpt} was trained with {model.unusual_options(config)}, which llama.cpp's "
+                          f"gpt2 architecture does not have; it cannot be exported as GGUF")
 
 
 def check_gpt2_tokenizer(spec: dict, ckpt) -> None:

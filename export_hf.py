@@ -1,4 +1,4 @@
-"""Export a train_bpe.py checkpoint as a Hugging Face transformers GPT-2 model folder.
+"""Export a train_bpe.py checkpoint as a Hugging Face transformers model folder (GPT-2, Llama or Qwen3).
 
     python export_hf.py --ckpt bpe_best.pt --out hf_model/
 
@@ -6,6 +6,9 @@ The folder holds config.json, generation_config.json, model.safetensors and the 
 (tokenizer.json, tokenizer_config.json, special_tokens_map.json), so
 ``transformers.pipeline("text-generation", model="hf_model")`` loads it. Writing needs only the
 safetensors package; loading it needs transformers (both in requirements-extra.txt).
+The GPT-2 layout exports as ``GPT2LMHeadModel``; rotary + RMSNorm + SwiGLU without biases as
+``LlamaForCausalLM``, and with QK-norm as ``Qwen3ForCausalLM`` (the architectures llama.cpp's
+converter knows as llama and qwen3). Any other mix of layout options is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import cli
 import data
+import model
 import tokenizer
 from checkpoint import CheckpointError, embedded_tokenizer, load_checkpoint
 from files import advice, reason
@@ -35,8 +39,6 @@ EXAMPLES = """examples:
   python -c "from transformers import pipeline; print(pipeline('text-generation', model='hf_model')('ROMEO:', max_new_tokens=40)[0]['generated_text'])"
 """
 
-# GPTConfig fields GPT-2 can express; any other field is an option of ours that GPT-2 lacks.
-GPT2_FIELDS = {"vocab_size", "block_size", "n_layer", "n_head", "n_embed", "dropout", "bias"}
 # Our layers are nn.Linear (weight: out x in); GPT-2's are Conv1D (weight: in x out), so these are transposed.
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 OUTPUT_FILES = ("config.json", "generation_config.json", "model.safetensors",
@@ -58,15 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_gpt2_compatible(config: dict, ckpt) -> None:
-    """Raises ExportError for a model GPT2LMHeadModel cannot reproduce exactly."""
-    extra = sorted(set(config) - GPT2_FIELDS)
-    if extra:
-        raise ExportError(f"checkpoint {ckpt} uses option(s) {', '.join(extra)} that GPT-2 does not have; "
-                          f"it cannot be exported as a GPT-2 model")
-    if not config.get("bias", True):
-        raise ExportError(f"checkpoint {ckpt} was trained with bias=False, but Hugging Face GPT-2 always has "
-                          f"biases; it cannot be exported as a GPT-2 model")
+def architecture(config: dict, ckpt) -> str:
+    """"gpt2", "llama" or "qwen3" (model.architecture); ExportError for a layout none of them has."""
+    name = model.architecture(config)
+    if name is None:
+        raise ExportError(f"checkpoint {ckpt} was trained with {model.unusual_options(config)}: neither GPT-2 (the "
+                          f"defaults) nor Llama/Qwen3 (rope, rmsnorm, swiglu, no bias, no logit soft-cap) has that "
+                          f"layout, so it cannot be exported")
+    return name
 
 
 def special_tokens(tok, specials: tokenizer.SpecialIds) -> dict[str, str]:
@@ -77,6 +78,13 @@ def special_tokens(tok, specials: tokenizer.SpecialIds) -> dict[str, str]:
 
 
 def hf_config(config: dict, specials: tokenizer.SpecialIds) -> dict:
+    """config.json for the architecture() of this config."""
+    if architecture(config, "") == "gpt2":
+        return gpt2_config(config, specials)
+    return llama_config(config, specials)
+
+
+def gpt2_config(config: dict, specials: tokenizer.SpecialIds) -> dict:
     """config.json for GPT2LMHeadModel: GELU tanh = "gelu_new", LayerNorm eps 1e-5, learned positions."""
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -88,7 +96,7 @@ def hf_config(config: dict, specials: tokenizer.SpecialIds) -> dict:
         "n_head": config["n_head"],
         "n_inner": None,  # 4 x n_embd, as our MLP
         "activation_function": "gelu_new",
-        "layer_norm_epsilon": 1e-5,
+        "layer_norm_epsilon": model.NORM_EPS,
         "resid_pdrop": config["dropout"],
         "embd_pdrop": config["dropout"],
         "attn_pdrop": config["dropout"],
@@ -100,7 +108,45 @@ def hf_config(config: dict, specials: tokenizer.SpecialIds) -> dict:
     }
 
 
-def hf_state_dict(state_dict: dict) -> dict:
+def llama_config(config: dict, specials: tokenizer.SpecialIds) -> dict:
+    """config.json for LlamaForCausalLM or Qwen3ForCausalLM (QK-norm): no grouped-query attention (as many
+    key/value heads as heads), SiLU-gated MLP, RMSNorm eps 1e-5, rotary positions in the rotate-half layout."""
+    qwen3 = architecture(config, "") == "qwen3"
+    cfg = model.GPTConfig(**config)
+    return {
+        "architectures": ["Qwen3ForCausalLM" if qwen3 else "LlamaForCausalLM"],
+        "model_type": "qwen3" if qwen3 else "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embed,
+        "intermediate_size": cfg.mlp_hidden,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head,
+        "head_dim": cfg.n_embed // cfg.n_head,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.block_size,
+        "rms_norm_eps": model.NORM_EPS,
+        # transformers 5 reads rope_parameters, 4.x and llama.cpp's converter rope_theta: both say the same.
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "initializer_range": 0.02,
+        **generation_ids(specials),
+        "use_cache": True,
+    }
+
+
+def hf_state_dict(state_dict: dict, config: dict) -> dict:
+    """Our weights under the Hugging Face names of the architecture() of config."""
+    if architecture(config, "") == "gpt2":
+        return gpt2_state_dict(state_dict)
+    return llama_state_dict(state_dict, config)
+
+
+def gpt2_state_dict(state_dict: dict) -> dict:
     """Our weights under GPT-2's names (the same ones), Conv1D weights transposed, lm_head left to the tie."""
     out = {}
     for name, tensor in state_dict.items():
@@ -108,6 +154,35 @@ def hf_state_dict(state_dict: dict) -> dict:
             continue  # the same tensor as transformer.wte.weight; safetensors stores no shared tensors
         out[name] = (tensor.t() if name.endswith(CONV1D_SUFFIXES) else tensor).contiguous()
     return out
+
+
+def llama_state_dict(state_dict: dict, config: dict) -> dict:
+    """Our weights under Llama's / Qwen3's names: the fused q|k|v and gate|up matrices split in their rows."""
+    cfg = model.GPTConfig(**config)
+    C, hidden = cfg.n_embed, cfg.mlp_hidden
+    out = {"model.embed_tokens.weight": state_dict["transformer.wte.weight"],
+           "model.norm.weight": state_dict["transformer.ln_f.weight"]}
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = state_dict["lm_head.weight"]
+    for i in range(cfg.n_layer):
+        ours, theirs = f"transformer.h.{i}.", f"model.layers.{i}."
+        q, k, v = state_dict[ours + "attn.c_attn.weight"].split(C)
+        gate, up = state_dict[ours + "mlp.c_fc.weight"].split(hidden)
+        out |= {
+            theirs + "input_layernorm.weight": state_dict[ours + "ln_1.weight"],
+            theirs + "self_attn.q_proj.weight": q,
+            theirs + "self_attn.k_proj.weight": k,
+            theirs + "self_attn.v_proj.weight": v,
+            theirs + "self_attn.o_proj.weight": state_dict[ours + "attn.c_proj.weight"],
+            theirs + "post_attention_layernorm.weight": state_dict[ours + "ln_2.weight"],
+            theirs + "mlp.gate_proj.weight": gate,
+            theirs + "mlp.up_proj.weight": up,
+            theirs + "mlp.down_proj.weight": state_dict[ours + "mlp.c_proj.weight"],
+        }
+        if cfg.qk_norm:
+            out[theirs + "self_attn.q_norm.weight"] = state_dict[ours + "attn.q_norm.weight"]
+            out[theirs + "self_attn.k_norm.weight"] = state_dict[ours + "attn.k_norm.weight"]
+    return {name: tensor.contiguous() for name, tensor in out.items()}
 
 
 def generation_ids(specials: tokenizer.SpecialIds) -> dict[str, int]:
@@ -132,7 +207,7 @@ def tokenizer_files(tok, block_size: int, specials: tokenizer.SpecialIds) -> dic
 
 def export(ckpt, out: Path, overwrite: bool = False) -> Path:
     state = load_checkpoint(ckpt)
-    check_gpt2_compatible(state["config"], ckpt)
+    architecture(state["config"], ckpt)
     if state.get("tokenizer_type", "bpe") != "bpe":
         raise ExportError(f"checkpoint {ckpt} uses a {state['tokenizer_type']} tokenizer; only byte-level BPE "
                           f"checkpoints can be exported for now")
@@ -165,7 +240,7 @@ def write_folder(state: dict, tok, specials: tokenizer.SpecialIds, out: Path) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        save_file(hf_state_dict(state["model"]), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(hf_state_dict(state["model"], state["config"]), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         texts = {
             "config.json": json.dumps(hf_config(state["config"], specials), indent=2),
             "generation_config.json": json.dumps(generation_ids(specials), indent=2),

@@ -1,7 +1,11 @@
-"""A GPT-2 style decoder-only Transformer with a KV cache for generation.
+"""A GPT-2 style decoder-only Transformer with a KV cache for generation, or its Llama/Qwen3 variant.
 
-The layout (pre-LayerNorm blocks, GELU MLP, learned positions, tied embeddings, parameter names)
-matches GPT-2, so a checkpoint maps one-to-one onto Hugging Face's ``GPT2LMHeadModel``.
+The default layout (pre-LayerNorm blocks, GELU MLP, learned positions, tied embeddings, parameter
+names) matches GPT-2, so a checkpoint maps one-to-one onto Hugging Face's ``GPT2LMHeadModel``.
+GPTConfig's layout fields switch pieces to the Llama family's (rotary positions, RMSNorm, SwiGLU,
+no biases, QK-norm as in Qwen3, an untied head): with all of them the model is what
+``LlamaForCausalLM`` / ``Qwen3ForCausalLM`` and llama.cpp's ``llama`` / ``qwen3`` compute.
+Checkpoints saved before these fields existed lack them and get the defaults: GPT-2.
 """
 
 from __future__ import annotations
@@ -24,6 +28,21 @@ class GPTConfig:
     n_embed: int = 384  # width of the residual stream
     dropout: float = 0.1  # regularisation for small corpora; 0 for large ones or for exact tests
     bias: bool = True  # biases in Linear and LayerNorm, as GPT-2 has them
+    # Layout. The defaults are GPT-2; "rope" + "rmsnorm" + "swiglu" + bias False is Llama, + qk_norm Qwen3.
+    pos_emb: str = "learned"  # "learned": a position table (GPT-2); "rope": rotary (Llama), no table and
+    #                           relative positions, which need no parameters and generalise across offsets
+    rope_theta: float = 10000.0  # rotary base (Llama 2's value); larger spreads the frequencies for longer contexts
+    norm: str = "layernorm"  # "rmsnorm": scale only, no mean subtraction (Llama); a little cheaper
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys before attention (Qwen3): bounds the
+    #                        attention logits, so higher learning rates stay stable
+    mlp: str = "gelu"  # "swiglu": silu(gate) * up, hidden 8/3 x wider (same parameters as GELU's 4x);
+    #                    "relu2": relu(x)^2 (modded-nanogpt; no standard tool runs it)
+    tie_embeddings: bool = True  # output layer shares the token embedding; False: its own matrix (more
+    #                              parameters, a head free to differ from the input side)
+    zero_init_proj: bool = False  # output projections of attention and MLP start at zero (modded-nanogpt):
+    #                               each block starts as the identity; only the initialisation differs
+    logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap) (Gemma 2, modded-nanogpt);
+    #                             0 = off; llama.cpp's llama/qwen3 and HF's Llama do not apply it
 
     def check(self) -> None:
         """Raises ValueError when these values describe no model (every checkpoint is checked with it)."""
@@ -35,8 +54,84 @@ class GPTConfig:
             raise ValueError(f"config n_embed {self.n_embed} is not divisible by n_head {self.n_head}")
         if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise ValueError(f"config dropout is {self.dropout!r}, not in [0, 1)")
-        if not isinstance(self.bias, bool):
-            raise ValueError(f"config bias is {self.bias!r}, not True or False")
+        for name in ("bias", "qk_norm", "tie_embeddings", "zero_init_proj"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"config {name} is {getattr(self, name)!r}, not True or False")
+        for name, choices in (("pos_emb", POS_EMBS), ("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"config {name} is {getattr(self, name)!r}, not one of {', '.join(choices)}")
+        if self.pos_emb == "rope" and (self.n_embed // self.n_head) % 2:
+            raise ValueError(f"config head size {self.n_embed // self.n_head} is odd: rotary positions need an "
+                             f"even one")
+        for name in ("rope_theta", "logit_softcap"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or (name == "rope_theta" and value <= 1):
+                raise ValueError(f"config {name} is {value!r}, not a valid number")
+
+    @property
+    def mlp_hidden(self) -> int:
+        """Hidden width of the MLP: 4 x n_embed, or for SwiGLU's two input matrices 2/3 of that, rounded
+        up to a multiple of 32 (as Llama rounds to its multiple_of) so both hold about the same parameters."""
+        if self.mlp == "swiglu":
+            return 32 * math.ceil(8 * self.n_embed / 3 / 32)
+        return 4 * self.n_embed
+
+
+POS_EMBS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu", "relu2")
+# GPTConfig fields beyond the sizes (train_bpe.py has flags of the same names).
+LAYOUT_FIELDS = ("pos_emb", "rope_theta", "norm", "qk_norm", "mlp", "bias", "tie_embeddings", "zero_init_proj",
+                 "logit_softcap")
+# The layout fields as GPT-2 has them (GPTConfig's defaults; zero_init_proj only changes the initialisation).
+GPT2_LAYOUT = dict(pos_emb="learned", norm="layernorm", mlp="gelu", bias=True, qk_norm=False, tie_embeddings=True,
+                   logit_softcap=0.0)
+# What Llama and Qwen3 need; the head may be tied or not, QK-norm makes it Qwen3, any rope_theta goes.
+LLAMA_LAYOUT = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, logit_softcap=0.0)
+
+
+def architecture(config: dict) -> str | None:
+    """"gpt2", "llama" or "qwen3": the standard model that computes exactly what this (saved) config does, or
+    None for a mix of options none of them has. Configs saved before the layout fields existed are GPT-2."""
+    layout = {name: config.get(name, default) for name, default in GPT2_LAYOUT.items()}
+    if layout == GPT2_LAYOUT:
+        return "gpt2"
+    if all(layout[name] == value for name, value in LLAMA_LAYOUT.items()):
+        return "qwen3" if layout["qk_norm"] else "llama"
+    return None
+
+
+def unusual_options(config: dict) -> str:
+    """The layout options of config that differ from GPT-2's, as "name=value, ..." for messages."""
+    return ", ".join(f"{name}={config[name]}" for name in GPT2_LAYOUT
+                     if name in config and config[name] != GPT2_LAYOUT[name])
+NORM_EPS = 1e-5  # LayerNorm's and RMSNorm's epsilon: GPT-2's and Llama's layer_norm / rms_norm eps
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embed, eps=NORM_EPS)  # a gain, never a bias (as Llama)
+    return nn.LayerNorm(config.n_embed, eps=NORM_EPS, bias=config.bias)
+
+
+def rope_tables(config: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every position's rotation angles: (block_size, head_size / 2) each, in float32.
+
+    Pair i of a head (dimensions i and i + hs/2, the "rotate half" layout of Hugging Face's Llama, so
+    weights export without permuting) turns by position x theta^(-2i / hs).
+    """
+    hs = config.n_embed // config.n_head
+    inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs)  # (hs/2,)
+    angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)  # (block, hs/2)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of (B, nh, T, hs) queries or keys by (T, hs/2) angle tables."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
 class KVCache:
@@ -68,13 +163,20 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embed, config.n_embed, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
+        if config.qk_norm:  # one gain per head dimension, shared by the heads (as Qwen3's q_norm / k_norm)
+            self.q_norm = nn.RMSNorm(config.n_embed // config.n_head, eps=NORM_EPS)
+            self.k_norm = nn.RMSNorm(config.n_embed // config.n_head, eps=NORM_EPS)
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, rope=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:  # (cos, sin) of this step's positions: the cache's offset is already in them
+            q, k = rotate(q, *rope), rotate(k, *rope)
         if cache is not None:
             if T > 1 and cache.pos > 0:
                 raise ValueError("a multi-token step must start from an empty cache (prefill)")
@@ -90,25 +192,36 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embed, 4 * config.n_embed, bias=config.bias)
+        self.kind = config.mlp
+        hidden = config.mlp_hidden
+        # SwiGLU's gate and up projections are one matrix (one matmul): rows [:hidden] gate, [hidden:] up.
+        self.c_fc = nn.Linear(config.n_embed, (2 if self.kind == "swiglu" else 1) * hidden, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
-        self.c_proj = nn.Linear(4 * config.n_embed, config.n_embed, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embed, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)  # (B, T, hidden) or (B, T, 2 * hidden)
+        if self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = self.gelu(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embed, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embed, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
-        x = x + self.attn(self.ln_1(x), cache, layer)
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0, rope=None):
+        x = x + self.attn(self.ln_1(x), cache, layer, rope)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -116,23 +229,29 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
+        config.check()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embed),
-                wpe=nn.Embedding(config.block_size, config.n_embed),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-                ln_f=nn.LayerNorm(config.n_embed, bias=config.bias),
-            )
-        )
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embed))
+        if config.pos_emb == "learned":
+            modules["wpe"] = nn.Embedding(config.block_size, config.n_embed)
+        modules |= dict(drop=nn.Dropout(config.dropout), h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+                        ln_f=make_norm(config))
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embed, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # tied input/output embeddings
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight  # tied input/output embeddings
+        if config.pos_emb == "rope":  # derived from the config: not saved in the state dict
+            cos, sin = rope_tables(config)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer): two residual adds per block.
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -143,7 +262,7 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        return n - self.transformer.wpe.weight.numel() if non_embedding and "wpe" in self.transformer else n
 
     def forward(self, idx, targets=None, cache: KVCache | None = None):
         """idx: (B, T) token ids → logits (B, T, vocab), and the mean cross-entropy if targets are given."""
@@ -151,13 +270,21 @@ class GPT(nn.Module):
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.pos_emb == "rope":  # the rotations of positions start .. start + T - 1
+            rope = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, hs/2) each
+        else:
+            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+        x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i)
+            x = block(x, cache, i, rope)
         if cache is not None:
             cache.pos += T
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        if self.config.logit_softcap:
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)

@@ -22,7 +22,7 @@ import torch
 
 import tokenizer
 from checkpoint import CheckpointError, embedded_tokenizer, load_checkpoint, model_config
-from model import GPT, GPTConfig
+from model import GPT, LAYOUT_FIELDS, GPTConfig
 
 HUB_HINT = "pip install huggingface_hub (or pip install -r requirements-extra.txt)"
 HUB_FILES = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json"]
@@ -248,8 +248,9 @@ def merged_flags(args: argparse.Namespace, typed: dict, source: Source) -> tuple
     where, config = f"--init_from {source.name}", source.config
     own = {"n_layer": config.n_layer, "n_head": config.n_head, "n_embed": config.n_embed,
            "vocab_size": config.vocab_size}
-    for flag in SHAPE_FLAGS:
-        if flag in typed and typed[flag] != own[flag]:
+    layout = {name: getattr(config, name) for name in LAYOUT_FIELDS}  # the source's layout, whatever a preset says
+    for flag in SHAPE_FLAGS + LAYOUT_FIELDS:
+        if flag in typed and typed[flag] != {**own, **layout}[flag]:
             raise SourceError(f"--{flag} {typed[flag]} conflicts with {where}, a model with --{flag} {own[flag]}: "
                               f"drop --{flag} (the model's shape comes from it)")
     for flag in TOKENIZER_FLAGS:
@@ -268,7 +269,7 @@ def merged_flags(args: argparse.Namespace, typed: dict, source: Source) -> tuple
     defaults = {k: v for k, v in FINETUNE_DEFAULTS.items() if k not in typed}
     if "warmup_steps" in defaults:  # a short run (--max_steps 30) gets a warmup that fits in it
         defaults["warmup_steps"] = min(defaults["warmup_steps"], args.max_steps // 10)
-    merged = argparse.Namespace(**{**vars(args), **defaults, **own, "block_size": block, "tokenizer": None,
+    merged = argparse.Namespace(**{**vars(args), **defaults, **own, **layout, "block_size": block, "tokenizer": None,
                                    "tokenizer_type": tokenizer.kind(source.tok), "tokenizer_path": source.tok_path})
     notes = [f"init_from: {source.describe()}"]
     if block < config.block_size:
@@ -286,8 +287,8 @@ def merged_flags(args: argparse.Namespace, typed: dict, source: Source) -> tuple
 def initial_weights(source: Source, block_size: int) -> dict:
     """The source's weights for a model with this context: the position table keeps its first rows."""
     weights = dict(source.weights)
-    wpe = weights["transformer.wpe.weight"]
-    weights["transformer.wpe.weight"] = wpe[:block_size].clone()
+    if "transformer.wpe.weight" in weights:  # rotary models have no table
+        weights["transformer.wpe.weight"] = weights["transformer.wpe.weight"][:block_size].clone()
     return weights
 
 

@@ -29,18 +29,25 @@ def lr_factor(
     min_factor: float = 0.1,
     elapsed: float = 0.0,
     max_time: float | None = None,
+    shape: str = "cosine",
+    warmdown: float = 0.3,
 ) -> float:
-    """Linear warmup to 1, cosine decay to min_factor at the end of the run, then min_factor.
+    """Linear warmup to 1, a decay to min_factor at the end of the run, then min_factor.
 
     Step 0 already trains: warmup gives (step + 1) / warmup_steps, never 0. Warmup counts steps even
-    with a time budget. After it, the cosine follows the larger of the step progress past warmup
-    and elapsed / max_time, so the LR has finished decaying when either budget ends.
+    with a time budget. After it, the decay follows the larger of the step progress past warmup
+    and elapsed / max_time, so the LR has finished decaying when either budget ends. shape "cosine"
+    decays along a half cosine; "wsd" (warmup-stable-decay, the "trapezoid" of modded-nanogpt and
+    Hägele et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations")
+    stays at 1 and decays linearly over the last `warmdown` fraction of the run.
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     done = progress(step - warmup_steps, max_steps - warmup_steps, elapsed, max_time)
     if step >= max_steps or done >= 1.0:
         return min_factor
+    if shape == "wsd":
+        return min_factor + (1.0 - min_factor) * min(1.0, (1.0 - done) / warmdown)
     return min_factor + 0.5 * (1.0 - min_factor) * (1.0 + math.cos(math.pi * done))
 
 

@@ -21,6 +21,7 @@ import cli
 import data
 import distributed
 import metrics
+import model
 import pretrained
 import resume
 import tokenizer
@@ -33,14 +34,24 @@ from stopping import GracefulStop, StopNow, TrainingDiverged
 
 # Settings for a 2-core CPU, tuned one lever at a time with bench/quality.py (bench/RESULTS.md):
 # 134 s of training, so the README's main command finishes in well under 5 minutes on any machine,
-# with the cosine ending on time. Any flag given explicitly overrides its preset value.
+# with the learning rate's decay ending on time. The Llama layout (rotary positions, RMSNorm, SwiGLU, no
+# biases) and a linear warmdown to 0 ("Quality per second II") each helped on Shakespeare and on Python
+# code; the model still exports (as LlamaForCausalLM). Any flag given explicitly overrides its preset value.
 PRESETS = {
     "cpu": dict(
         vocab_size=4096, n_layer=4, n_head=4, n_embed=128, block_size=256, dropout=0.0,
+        pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False,
         batch_size=8, grad_accum_steps=1, max_steps=100_000, max_time=134.0, warmup_steps=100, lr=2e-3,
-        optimizer="muon", cpu_bf16=True, eval_interval=250, eval_iters=20, use_cosine=True,
+        lr_schedule="wsd", min_lr_factor=0.0, optimizer="muon", cpu_bf16=True, eval_interval=250, eval_iters=20,
+        use_cosine=True,
     ),
 }
+
+# --preset cpu with a longer --max_time: what pays off changes with the budget (a bigger model once there
+# are steps enough to train it, ...), so each row, measured like the preset (bench/RESULTS.md, "Budget-scaled
+# presets"), replaces some of its values from that many seconds of training on: (seconds, values).
+CPU_BUDGETS = [
+]
 
 EXAMPLES = """examples:
   python train_bpe.py --preset cpu                            # bundled corpus, a few minutes on a CPU
@@ -100,6 +111,22 @@ FLAGS: list[tuple[str, list[tuple[str, dict]]]] = [
                              help="start from existing weights and fine-tune them on the corpus: one of our .pt "
                                   "checkpoints, a Hugging Face GPT-2 folder, or a hub name (gpt2, distilgpt2, ...; "
                                   "needs huggingface_hub and the network once); its shape and tokenizer are used")),
+        ("--pos_emb", dict(choices=model.POS_EMBS, default="learned",
+                           help="positions: a learned table (GPT-2) or rotary embeddings (rope, as Llama)")),
+        ("--rope_theta", dict(type=finite_float, default=10000.0, help="rotary base frequency (with --pos_emb rope)")),
+        ("--norm", dict(choices=model.NORMS, default="layernorm", help="layernorm (GPT-2) or rmsnorm (Llama)")),
+        ("--qk_norm", dict(action=argparse.BooleanOptionalAction, default=False,
+                           help="RMSNorm on queries and keys before attention (Qwen3)")),
+        ("--mlp", dict(choices=model.MLPS, default="gelu",
+                       help="MLP: gelu (GPT-2), swiglu (Llama; same parameters) or relu2 (no standard tool runs it)")),
+        ("--bias", dict(action=argparse.BooleanOptionalAction, default=True,
+                        help="biases in linear layers and LayerNorms (GPT-2); --no-bias as Llama")),
+        ("--tie_embeddings", dict(action=argparse.BooleanOptionalAction, default=True,
+                                  help="the output layer shares the token embedding matrix")),
+        ("--zero_init_proj", dict(action=argparse.BooleanOptionalAction, default=False,
+                                  help="start the attention and MLP output projections at zero")),
+        ("--logit_softcap", dict(type=finite_float, default=0.0,
+                                 help="cap logits smoothly at +-this (0 = off; Llama and llama.cpp's llama do not)")),
     ]),
     ("optimisation", [
         ("--batch_size", dict(type=bounded_int(1, MAX_CONTEXT), default=128, help="sequences per micro-batch")),
@@ -125,6 +152,14 @@ FLAGS: list[tuple[str, list[tuple[str, dict]]]] = [
         ("--weight_decay", dict(type=finite_float, default=0.1, help="AdamW weight decay, on matrices only")),
         ("--grad_clip", dict(type=finite_float, default=1.0, help="clip the gradient norm to this (0 = off)")),
         ("--use_cosine", dict(action="store_true", help="warmup then cosine decay (else a constant LR)")),
+        ("--lr_schedule", dict(choices=("cosine", "wsd"), default="cosine",
+                               help="after warmup (with --use_cosine): cosine decay to --min_lr_factor, or wsd: "
+                                    "constant, then a linear warmdown to --min_lr_factor over the last "
+                                    "--warmdown_fraction of the run")),
+        ("--warmdown_fraction", dict(type=finite_float, default=0.3, help="share of the run the wsd warmdown takes")),
+        ("--batch_order", dict(choices=data.BATCH_ORDERS, default="random",
+                               help="random: independent random windows; epochs: every pass over the training "
+                                    "tokens visits each of its non-overlapping windows once, in a new random order")),
         ("--max_bad_steps", dict(type=bounded_int(1, MAX_COUNT), default=20,
                                  help="stop after this many optimizer steps in a row with a non-finite loss or "
                                       "gradient (each such step is skipped)")),
@@ -177,9 +212,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def defaults(parser: argparse.ArgumentParser, preset: str | None) -> dict:
-    """Every flag's default value, a preset's values on top."""
-    return {d: parser.get_default(d) for d in DESTS} | (PRESETS[preset] if preset else {})
+def defaults(parser: argparse.ArgumentParser, preset: str | None, max_time: float | None = None) -> dict:
+    """Every flag's default value, a preset's values on top (for --preset cpu, those of its budget row)."""
+    return {d: parser.get_default(d) for d in DESTS} | preset_values(preset, max_time)
+
+
+def preset_values(preset: str | None, max_time: float | None = None) -> dict:
+    """A preset's values; --preset cpu with a --max_time takes the CPU_BUDGETS rows up to that budget."""
+    if preset is None:
+        return {}
+    values = dict(PRESETS[preset])
+    if preset == "cpu" and max_time:
+        for seconds, row in CPU_BUDGETS:
+            if max_time >= seconds:
+                values |= row
+    return values
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
@@ -191,7 +238,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
     if "resume" in typed and "init_from" in typed:
         parser.error("--resume and --init_from cannot be used together: --resume continues a run exactly, "
                      "--init_from starts a new run from existing weights")
-    args = argparse.Namespace(**(defaults(parser, typed.get("preset")) | typed))
+    args = argparse.Namespace(**(defaults(parser, typed.get("preset"), typed.get("max_time")) | typed))
     if "resume" not in typed and "init_from" not in typed:  # those are checked once the source's flags are in
         problem = check_args(args)
         if problem:
@@ -213,6 +260,8 @@ def check_args(args) -> str | None:
             return f"--{name} must be a positive number up to 10, got {getattr(args, name)}"
     if args.warmup_steps > args.max_steps:
         return f"--warmup_steps {args.warmup_steps} must be between 0 and --max_steps {args.max_steps}"
+    if not 0 < args.warmdown_fraction <= 1:
+        return f"--warmdown_fraction must be in (0, 1], got {args.warmdown_fraction}"
     if not 0 <= args.min_lr_factor <= 1:
         return f"--min_lr_factor must be in [0, 1], got {args.min_lr_factor}"
     for name in ("weight_decay", "grad_clip"):
@@ -221,6 +270,10 @@ def check_args(args) -> str | None:
     if args.lr * args.weight_decay >= 1:  # decoupled decay multiplies every weight by 1 - lr * weight_decay
         return (f"--weight_decay {args.weight_decay} with --lr {args.lr} would shrink every weight to zero or "
                 f"below in one step: keep --lr x --weight_decay below 1 (0.1 is usual)")
+    try:
+        model.GPTConfig(**trainer.layout(args), n_head=args.n_head, n_embed=args.n_embed).check()
+    except ValueError as exc:
+        return str(exc).replace("config ", "--", 1)
     return cli.device_problem(args.device)
 
 

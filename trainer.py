@@ -36,7 +36,7 @@ from checkpoint import rng_state, save_checkpoint
 from cli import amp_dtype, bf16_supported
 from evaluate import estimate_loss
 from files import OutputError, check_file_target, check_free_space, check_writable, remove_stale_temps
-from model import GPT, GPTConfig
+from model import GPT, LAYOUT_FIELDS, GPTConfig
 from prepare import RunData
 from progress import draw_plot, note_memorising, note_small_corpus, progress_bar, progress_fields, report
 from schedule import budget_spent, lr_factor
@@ -172,7 +172,7 @@ def setup(args, world: distributed.World, run_data: RunData, resume: resume_.Res
     if source is not None:
         config = pretrained.config_for(source, args)
     else:
-        config = GPTConfig(vocab_size=run_data.tok.get_vocab_size(), block_size=args.block_size,
+        config = GPTConfig(**layout(args), vocab_size=run_data.tok.get_vocab_size(), block_size=args.block_size,
                            n_layer=args.n_layer, n_head=args.n_head, n_embed=args.n_embed, dropout=args.dropout)
     raw_model = GPT(config)
     if source is not None:
@@ -208,6 +208,11 @@ def setup(args, world: distributed.World, run_data: RunData, resume: resume_.Res
     log.write("start", step=state.step, tokens_per_step=run.tokens_per_step, config=plain_flags(args),
               **({"init_from": init_from} if init_from else {}))
     return run, state
+
+
+def layout(args) -> dict:
+    """The GPTConfig layout fields (positions, norms, MLP, ...) from flags of the same names."""
+    return {name: getattr(args, name) for name in LAYOUT_FIELDS}
 
 
 def restore(state: TrainState, resume: resume_.Resume, world: distributed.World) -> None:
@@ -262,7 +267,7 @@ def set_learning_rate(run: Run, state: TrainState) -> float:
     args = run.args
     # Under torchrun every rank uses the same (slowest) clock, or their learning rates and stops would differ.
     factor = lr_factor(state.step, args.warmup_steps, args.max_steps, args.min_lr_factor,
-                       run.world.max(state.elapsed()), args.max_time)
+                       run.world.max(state.elapsed()), args.max_time, args.lr_schedule, args.warmdown_fraction)
     lr = args.lr * (factor if args.use_cosine else 1.0)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
@@ -277,7 +282,7 @@ def train_step(run: Run, state: TrainState) -> float:
     args, world, device = run.args, run.world, run.world.device
     loss_sum = torch.zeros((), device=device)
     for micro_step in range(args.grad_accum_steps):
-        x, y = run.data.token_data.get_batch("train", args.batch_size, state.generator)
+        x, y = train_batch(run, state, micro_step)
         if device.type == "cuda":
             x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         else:
@@ -303,6 +308,16 @@ def train_step(run: Run, state: TrainState) -> float:
             f"non-finite loss or gradient (--max_bad_steps {args.max_bad_steps}); {kept_checkpoint(run, state)}"
         )
     return loss_sum.item() / args.grad_accum_steps
+
+
+def train_batch(run: Run, state: TrainState, micro_step: int):
+    """This micro-step's (x, y) training batch, in the order --batch_order asks for."""
+    args, world = run.args, run.world
+    if args.batch_order == "epochs":
+        # The draw's number fixes its windows (no sampler state), so a resumed run continues exactly.
+        draw = (state.step * args.grad_accum_steps + micro_step) * world.size + world.rank
+        return run.data.token_data.epoch_batch(draw, args.batch_size, args.seed)
+    return run.data.token_data.get_batch("train", args.batch_size, state.generator)
 
 
 def evaluate_and_save(run: Run, state: TrainState) -> None:

@@ -36,7 +36,7 @@ def test_config_block_is_compact_and_complete():
     args, _ = train_bpe.parse_args(["--preset", "cpu", "--data_file", "some.txt"])
     block = train_bpe.format_config(args)
     lines = block.splitlines()
-    assert lines[0] == "config:" and len(lines) <= 12
+    assert lines[0] == "config:" and len(lines) <= 15  # 6 groups, a few wrapped lines each
     assert all(len(line) <= 100 for line in lines)
     for name, value in vars(args).items():
         if value is not None:

@@ -135,9 +135,9 @@ def test_special_ids_are_the_checkpoints_own(tmp_path):
 
 
 def test_a_model_option_gpt2_lacks_is_refused():
-    # Every GPTConfig field today is one GPT-2 has; a later option must get its own mapping or this refusal.
-    with pytest.raises(export_gguf.ExportError, match="rotary"):
-        export_gguf.check_gpt2_compatible({**asdict(GPTConfig()), "rotary": True}, "x.pt")
+    # ReLU² is in no architecture llama.cpp runs: the message names the option.
+    with pytest.raises(export_gguf.ExportError, match="mlp=relu2"):
+        export_gguf.check_gpt2_compatible(asdict(GPTConfig(mlp="relu2")), "x.pt")
 
 
 def test_without_the_gguf_package_one_line_says_what_to_install(tiny_run, tmp_path, monkeypatch, capsys):

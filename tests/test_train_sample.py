@@ -1,3 +1,5 @@
+from dataclasses import asdict
+
 import torch
 from tokenizers import Tokenizer
 
@@ -17,8 +19,8 @@ def test_training_lowers_the_loss_and_writes_both_checkpoints(tiny_run, capsys):
     assert state["step"] == 40
     # ln(300) ≈ 5.7 nats at initialisation; 40 steps on 12 KB must do clearly better.
     assert state["best_val_loss"] < 5.0
-    assert state["config"] == {"vocab_size": 300, "block_size": 32, "n_layer": 2, "n_head": 2,
-                               "n_embed": 32, "dropout": 0.0, "bias": True}
+    assert state["config"] == asdict(GPTConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embed=32,
+                                               dropout=0.0))
 
 
 def test_checkpoint_is_self_contained_and_plain(tiny_run):
