@@ -2,10 +2,12 @@
 
     python export_gguf.py --ckpt bpe_best.pt --out model.gguf
 
-The file holds the weights under llama.cpp's "gpt2" architecture (our layout is GPT-2's) and the
-byte-level BPE tokenizer (tokens, merges, special ids), so llama.cpp and the programs built on it run
-the model with no other file. Writing needs the gguf package (requirements-extra.txt). The positions
-are learned, so llama.cpp cannot go past block_size tokens (sample_bpe.py shifts its context instead).
+The file holds the weights under the llama.cpp architecture that computes what the model does: "gpt2"
+for the default layout (GPT-2's), "llama" for rotary + RMSNorm + SwiGLU without biases (--preset cpu),
+"qwen3" for that with QK-norm; any other mix of layout options is refused. It also holds the byte-level
+BPE tokenizer (tokens, merges, special ids), so llama.cpp and the programs built on it run the model with
+no other file. Writing needs the gguf package (requirements-extra.txt). A gpt2 model's positions are
+learned, so llama.cpp cannot go past block_size tokens there (sample_bpe.py shifts its context instead).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ if __name__ == "__main__":  # Ctrl-C while the imports below load (a second or t
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +33,7 @@ import model
 import tokenizer
 from checkpoint import CheckpointError, embedded_tokenizer, load_checkpoint, model_config
 from files import advice, atomic_write, reason
-from model import GPT
+from model import GPT, GPTConfig
 
 EXAMPLES = """examples:
   python export_gguf.py --ckpt bpe_best.pt --out model.gguf
@@ -41,27 +44,74 @@ EXAMPLES = """examples:
 GGUF_INSTALL_HINT = "pip install gguf==0.19.0 (or pip install -r requirements-extra.txt)"
 OUTTYPES = ("f32", "f16")
 
-# Our parameter names -> llama.cpp's for architecture "gpt2": gguf-py's constants.py (MODEL_TENSOR names listed
-# for MODEL_ARCH.GPT2), loaded by llama.cpp's src/models/gpt2.cpp. lm_head.weight is wte itself (tied) and is
-# left out: llama.cpp's gpt2 uses token_embd for the output layer when output.weight is absent.
-# No weight is transposed: nn.Linear stores (out, in), and a row-major (out, in) array is GGUF's ne = [in, out],
-# the shape llama.cpp asks for (attn_qkv {n_embd, 3 n_embd}). llama.cpp's own converter (conversion/gpt2.py)
-# transposes only because it starts from Hugging Face's Conv1D weights, which are (in, out).
-GLOBAL_NAMES = {
-    "transformer.wte.weight": "token_embd.weight",
-    "transformer.wpe.weight": "position_embd.weight",
-    "transformer.ln_f.weight": "output_norm.weight",
-    "transformer.ln_f.bias": "output_norm.bias",
-}
-BLOCK_NAMES = {  # transformer.h.{i}.<ours>.{weight,bias} -> blk.{i}.<theirs>.{weight,bias}
-    "ln_1": "attn_norm",
-    "attn.c_attn": "attn_qkv",  # q, k, v fused in this order, as llama.cpp splits it
-    "attn.c_proj": "attn_output",
-    "ln_2": "ffn_norm",
-    "mlp.c_fc": "ffn_up",
-    "mlp.c_proj": "ffn_down",
-}
-TIED = "lm_head.weight"
+# --------------------------------------------------------------------------- the architectures
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One of llama.cpp's architectures: where our parameters go in it, and which hyperparameters it stores."""
+
+    # Our module -> llama.cpp's tensor(s), "{i}" the block; the .weight / .bias suffix carries over. Several
+    # names: the module's rows, split evenly among them in this order (our fused q|k|v and gate|up matrices).
+    tensors: dict[str, tuple[str, ...]]
+    keys: tuple[str, ...]  # the hyperparameters() it stores, each written by GGUFWriter.add_<key>
+    # True where llama.cpp rotates adjacent dimensions (2i, 2i+1) of a head (its rope type NORM) while we rotate
+    # (i, i + hs/2) (model.rotate): the rows of the query and key matrices are reordered (adjacent_pairs).
+    adjacent_rope_pairs: bool = False
+
+
+# Names: gguf-py's constants.py (MODEL_TENSORS of MODEL_ARCH.GPT2 / LLAMA / QWEN3), as llama.cpp's converter maps
+# Hugging Face's names (tests check both tables against gguf-py's). No weight is transposed: nn.Linear stores
+# (out, in), and a row-major (out, in) array is GGUF's ne = [in, out], the shape llama.cpp asks for
+# (attn_qkv {n_embd, 3 n_embd}); its converter transposes GPT-2 only because Hugging Face's Conv1D is (in, out).
+# A tied output layer is the token embedding itself and is left out: all three architectures then use
+# token_embd as the output layer (llama.cpp's src/models/*.cpp).
+GPT2 = Architecture(
+    tensors={
+        "transformer.wte": ("token_embd",),
+        "transformer.wpe": ("position_embd",),
+        "transformer.h.{i}.ln_1": ("blk.{i}.attn_norm",),
+        "transformer.h.{i}.attn.c_attn": ("blk.{i}.attn_qkv",),  # q, k, v fused in this order, as llama.cpp splits it
+        "transformer.h.{i}.attn.c_proj": ("blk.{i}.attn_output",),
+        "transformer.h.{i}.ln_2": ("blk.{i}.ffn_norm",),
+        "transformer.h.{i}.mlp.c_fc": ("blk.{i}.ffn_up",),
+        "transformer.h.{i}.mlp.c_proj": ("blk.{i}.ffn_down",),
+        "transformer.ln_f": ("output_norm",),
+    },
+    keys=("context_length", "embedding_length", "block_count", "head_count", "feed_forward_length",
+          "layer_norm_eps"),
+)
+LLAMA = Architecture(
+    tensors={
+        "transformer.wte": ("token_embd",),
+        "transformer.h.{i}.ln_1": ("blk.{i}.attn_norm",),
+        "transformer.h.{i}.attn.c_attn": ("blk.{i}.attn_q", "blk.{i}.attn_k", "blk.{i}.attn_v"),
+        "transformer.h.{i}.attn.c_proj": ("blk.{i}.attn_output",),
+        "transformer.h.{i}.ln_2": ("blk.{i}.ffn_norm",),
+        "transformer.h.{i}.mlp.c_fc": ("blk.{i}.ffn_gate", "blk.{i}.ffn_up"),  # SwiGLU: silu(gate) * up
+        "transformer.h.{i}.mlp.c_proj": ("blk.{i}.ffn_down",),
+        "transformer.ln_f": ("output_norm",),
+        "lm_head": ("output",),  # an untied head only
+    },
+    # What llama.cpp's converter writes for LlamaForCausalLM (TextModel and LlamaModel.set_gguf_parameters).
+    keys=("context_length", "embedding_length", "block_count", "feed_forward_length", "head_count", "head_count_kv",
+          "rope_freq_base", "layer_norm_rms_eps", "vocab_size", "rope_dimension_count"),
+    # llama.cpp's llama rotates adjacent pairs; its converter reorders the rows of Hugging Face's q_proj and
+    # k_proj, which rotate halves as we do (LlamaModel.permute in convert_hf_to_gguf.py, conversion/llama.py).
+    adjacent_rope_pairs=True,
+)
+QWEN3 = Architecture(
+    tensors=LLAMA.tensors | {
+        "transformer.h.{i}.attn.q_norm": ("blk.{i}.attn_q_norm",),
+        "transformer.h.{i}.attn.k_norm": ("blk.{i}.attn_k_norm",),
+    },
+    # The converter's Qwen3Model adds nothing to TextModel's keys; the rotated dimensions are stated all the same.
+    keys=("context_length", "embedding_length", "block_count", "feed_forward_length", "head_count", "head_count_kv",
+          "rope_freq_base", "layer_norm_rms_eps", "rope_dimension_count"),
+    # llama.cpp's qwen3 rotates halves (rope type NEOX), as we do: its converter (Qwen3Model) reorders nothing.
+    adjacent_rope_pairs=False,
+)
+ARCHITECTURES = {"gpt2": GPT2, "llama": LLAMA, "qwen3": QWEN3}  # by model.architecture()'s names, also llama.cpp's
 
 
 class ExportError(Exception):
@@ -81,14 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# --------------------------------------------------------------------------- what GGUF's gpt2 can hold
+# --------------------------------------------------------------------------- what GGUF can hold
 
 
-def check_gpt2_compatible(config: dict, ckpt) -> None:
-    """Raises ExportError for a model llama.cpp's gpt2 cannot reproduce exactly."""
-    if model.architecture(config) != "gpt2":
-        raise ExportError(f"checkpoint {ckpt} was trained with {model.unusual_options(config)}, which llama.cpp's "
-                          f"gpt2 architecture does not have; it cannot be exported as GGUF")
+def gguf_architecture(config: dict, ckpt) -> str:
+    """The llama.cpp architecture that computes what this (saved) config does; ExportError if none does."""
+    name = model.architecture(config)
+    if name is None:
+        raise ExportError(f"checkpoint {ckpt} was trained with {model.unusual_options(config)}: neither llama.cpp's "
+                          f"gpt2 (GPT-2's layout, the defaults) nor its llama / qwen3 (rope, rmsnorm, swiglu, no bias, "
+                          f"no logit soft-cap) has that layout, so it cannot be exported as GGUF")
+    return name
 
 
 def check_gpt2_tokenizer(spec: dict, ckpt) -> None:
@@ -111,15 +164,24 @@ def check_gpt2_tokenizer(spec: dict, ckpt) -> None:
 # --------------------------------------------------------------------------- weights
 
 
-def gguf_name(name: str) -> str | None:
-    """llama.cpp's name for one of our parameters; None for the tied output layer."""
-    if name == TIED:
-        return None
-    if name in GLOBAL_NAMES:
-        return GLOBAL_NAMES[name]
-    _, _, layer, rest = name.split(".", 3)  # transformer.h.{i}.{module}.{weight|bias}
-    module, kind = rest.rsplit(".", 1)
-    return f"blk.{layer}.{BLOCK_NAMES[module]}.{kind}"
+def gguf_names(name: str, arch: Architecture) -> tuple[str, ...]:
+    """llama.cpp's name(s) for one of our parameters; several: its rows split evenly among them, in order."""
+    module, kind = name.rsplit(".", 1)  # e.g. transformer.h.3.attn.c_attn, weight
+    parts = module.split(".")
+    layer = parts[2] if parts[:2] == ["transformer", "h"] else None
+    if layer is not None:
+        parts[2] = "{i}"
+    return tuple(f"{target.format(i=layer)}.{kind}" for target in arch.tensors[".".join(parts)])
+
+
+def adjacent_pairs(rows: torch.Tensor, n_head: int) -> torch.Tensor:
+    """A query or key matrix (n_head * hs, C) with each head's rows reordered so that the dimensions we rotate
+    together, i and i + hs/2, become dimensions 2i and 2i + 1, the pairs llama.cpp's rope type NORM rotates.
+    The angle of pair i, position x theta^(-2i/hs), is the same on both sides, and q and k move alike, so every
+    attention score is unchanged."""
+    hs = rows.shape[0] // n_head
+    halves = rows.reshape(n_head, 2, hs // 2, *rows.shape[1:])  # (nh, half, i, C): row h hs + half hs/2 + i
+    return halves.transpose(1, 2).reshape(rows.shape)  # row h hs + 2 i + half
 
 
 def stored_dtype(name: str, ndim: int, outtype: str) -> np.dtype:
@@ -130,14 +192,35 @@ def stored_dtype(name: str, ndim: int, outtype: str) -> np.dtype:
     return np.dtype(np.float32)
 
 
-def gguf_tensors(weights: dict, outtype: str) -> list[tuple[str, torch.Tensor, np.dtype]]:
-    """(llama.cpp name, our tensor, the dtype stored) for every tensor the file holds, in our order."""
+def gguf_tensors(weights: dict, config: dict, arch: Architecture, outtype: str):
+    """(llama.cpp name, the tensor it holds, the dtype stored) for every tensor the file holds, in our order."""
     out = []
     for name, tensor in weights.items():
-        target = gguf_name(name)
-        if target is not None:
-            out.append((target, tensor, stored_dtype(target, tensor.ndim, outtype)))
+        if name == "lm_head.weight" and config.get("tie_embeddings", True):
+            continue  # the token embedding itself
+        targets = gguf_names(name, arch)
+        for target, rows in zip(targets, tensor.chunk(len(targets))):  # (3C, C) -> q, k, v; (2h, C) -> gate, up
+            if arch.adjacent_rope_pairs and target.endswith((".attn_q.weight", ".attn_k.weight")):
+                rows = adjacent_pairs(rows, config["n_head"])
+            out.append((target, rows, stored_dtype(target, rows.ndim, outtype)))
     return out
+
+
+def hyperparameters(cfg: GPTConfig, eps: float) -> dict[str, int | float]:
+    """Every hyperparameter an Architecture may store, by its GGUFWriter.add_<key> name."""
+    return {
+        "context_length": cfg.block_size,  # learned positions: all there are; rotary: the longest context trained
+        "embedding_length": cfg.n_embed,
+        "block_count": cfg.n_layer,
+        "head_count": cfg.n_head,
+        "head_count_kv": cfg.n_head,  # no grouped-query attention
+        "feed_forward_length": cfg.mlp_hidden,  # GELU's 4 x n_embed, or SwiGLU's width of gate and of up
+        "layer_norm_eps": eps,
+        "layer_norm_rms_eps": eps,
+        "rope_freq_base": float(cfg.rope_theta),
+        "rope_dimension_count": cfg.n_embed // cfg.n_head,  # every dimension of a head rotates
+        "vocab_size": cfg.vocab_size,
+    }
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -174,18 +257,16 @@ def merges(spec: dict) -> list[str]:
 # --------------------------------------------------------------------------- the file
 
 
-def build_writer(gguf, state: dict, tok, specials: tokenizer.SpecialIds, outtype: str, tensors):
+def build_writer(gguf, arch_name: str, state: dict, tok, specials: tokenizer.SpecialIds, outtype: str, tensors):
     """A GGUFWriter holding every key and tensor description; the tensor data follow when writing."""
     config = state["config"]
-    with torch.device("meta"):  # the LayerNorm epsilon model.py really uses, without building weights
-        eps = GPT(model_config(config)).transformer.ln_f.eps
-    writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.GPT2])
-    writer.add_context_length(config["block_size"])
-    writer.add_embedding_length(config["n_embed"])
-    writer.add_block_count(config["n_layer"])
-    writer.add_head_count(config["n_head"])
-    writer.add_feed_forward_length(4 * config["n_embed"])  # our MLP, as GPT-2's
-    writer.add_layer_norm_eps(eps)
+    with torch.device("meta"):  # the model as model.py builds it (its norms' epsilon), without weights
+        cfg = model_config(config)
+        eps = GPT(cfg).transformer.ln_f.eps
+    writer = gguf.GGUFWriter(None, arch_name)
+    values = hyperparameters(cfg, eps)
+    for key in ARCHITECTURES[arch_name].keys:
+        getattr(writer, f"add_{key}")(values[key])
     file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16}
     writer.add_file_type(file_types[outtype])
 
@@ -228,13 +309,13 @@ def write_file(writer, tensors, tmp: Path, shown: str) -> None:
         writer.close()
 
 
-def export(ckpt, out: Path, outtype: str = "f32", overwrite: bool = False) -> tuple[Path, int]:
-    """Writes the GGUF file; returns its path and the number of tensors in it."""
+def export(ckpt, out: Path, outtype: str = "f32", overwrite: bool = False) -> tuple[Path, str, int]:
+    """Writes the GGUF file; returns its path, its llama.cpp architecture and the number of tensors in it."""
     state = load_checkpoint(ckpt)
-    check_gpt2_compatible(state["config"], ckpt)
+    arch_name = gguf_architecture(state["config"], ckpt)
     if state.get("tokenizer_type", "bpe") != "bpe":
-        raise ExportError(f"checkpoint {ckpt} uses a {state['tokenizer_type']} tokenizer; GGUF's gpt2 needs "
-                          f"byte-level BPE, so only BPE checkpoints can be exported")
+        raise ExportError(f"checkpoint {ckpt} uses a {state['tokenizer_type']} tokenizer; this export writes "
+                          f"GGUF's byte-level BPE tokenizer, so only BPE checkpoints can be exported")
     try:
         import gguf
     except ImportError:
@@ -251,8 +332,8 @@ def export(ckpt, out: Path, outtype: str = "f32", overwrite: bool = False) -> tu
     check_gpt2_tokenizer(json.loads(tok.to_str()), ckpt)
     specials = tokenizer.checkpoint_special_ids(state, tok)
 
-    tensors = gguf_tensors(state["model"], outtype)
-    writer = build_writer(gguf, state, tok, specials, outtype, tensors)
+    tensors = gguf_tensors(state["model"], state["config"], ARCHITECTURES[arch_name], outtype)
+    writer = build_writer(gguf, arch_name, state, tok, specials, outtype, tensors)
     try:
         blocker = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
         if blocker is not None and not blocker.is_dir():
@@ -261,7 +342,7 @@ def export(ckpt, out: Path, outtype: str = "f32", overwrite: bool = False) -> tu
         atomic_write(out, lambda tmp: write_file(writer, tensors, tmp, out.name), by_name=True)
     except OSError as exc:
         raise ExportError(f"--out {out} cannot be written ({reason(exc)}): {advice(exc)}") from None
-    return out, len(tensors)
+    return out, arch_name, len(tensors)
 
 
 def main(argv=None) -> int:
@@ -269,7 +350,7 @@ def main(argv=None) -> int:
     cli.prepare_streams()
     args = build_parser().parse_args(argv)
     try:
-        out, count = export(args.ckpt, args.out, args.outtype, args.overwrite)
+        out, arch_name, count = export(args.ckpt, args.out, args.outtype, args.overwrite)
     except (ExportError, CheckpointError, data.DataError) as exc:
         print(f"export_gguf.py: error: {exc}", file=sys.stderr)
         return 2
@@ -277,7 +358,7 @@ def main(argv=None) -> int:
         print("\nexport_gguf.py: interrupted; --out was left as it was", file=sys.stderr)
         return 130
     size = out.stat().st_size
-    print(f"exported {args.ckpt} to {out} (llama.cpp architecture gpt2, {args.outtype}, {count} tensors, "
+    print(f"exported {args.ckpt} to {out} (llama.cpp architecture {arch_name}, {args.outtype}, {count} tensors, "
           f"{size / 1e6:,.1f} MB)")
     return 0
 
