@@ -249,9 +249,10 @@ def merged_flags(args: argparse.Namespace, typed: dict, source: Source) -> tuple
     own = {"n_layer": config.n_layer, "n_head": config.n_head, "n_embed": config.n_embed,
            "vocab_size": config.vocab_size}
     layout = {name: getattr(config, name) for name in LAYOUT_FIELDS}  # the source's layout, whatever a preset says
+    fixed = own | layout
     for flag in SHAPE_FLAGS + LAYOUT_FIELDS:
-        if flag in typed and typed[flag] != {**own, **layout}[flag]:
-            raise SourceError(f"--{flag} {typed[flag]} conflicts with {where}, a model with --{flag} {own[flag]}: "
+        if flag in typed and typed[flag] != fixed[flag]:
+            raise SourceError(f"--{flag} {typed[flag]} conflicts with {where}, a model with --{flag} {fixed[flag]}: "
                               f"drop --{flag} (the model's shape comes from it)")
     for flag in TOKENIZER_FLAGS:
         if flag in typed and not (flag == "tokenizer_type" and typed[flag] == tokenizer.kind(source.tok)):

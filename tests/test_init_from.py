@@ -178,3 +178,23 @@ def test_without_huggingface_hub_a_hub_name_says_what_to_install(monkeypatch, tm
     code = train_bpe.main(["--init_from", "gpt2", "--data_file", str(tiny_file), "--out_dir", str(tmp_path)])
     [line] = capsys.readouterr().err.splitlines()
     assert code == 2 and "pip install huggingface_hub" in line
+
+
+def test_a_source_keeps_its_layout_and_a_typed_other_layout_is_refused(tiny_file, tmp_path, capsys):
+    llama = ["--pos_emb", "rope", "--norm", "rmsnorm", "--mlp", "swiglu", "--no-bias"]
+    base = tmp_path / "base"
+    assert train_bpe.main(["--data_file", str(tiny_file), "--out_dir", str(base), "--tokenizer_path",
+                           str(base / "tok.json"), *RUN_ARGS, *llama, "--vocab_size", "300", "--n_layer", "1",
+                           "--n_head", "2", "--n_embed", "32", "--block_size", "32", "--warmup_steps", "1",
+                           "--max_steps", "2", "--eval_interval", "2"]) == 0
+    source = str(base / trainer.BEST_NAME)
+    out = tmp_path / "ft"
+    assert train_bpe.main(["--init_from", source, "--data_file", str(tiny_file), "--out_dir", str(out),
+                           *RUN_ARGS, "--max_steps", "2", "--eval_interval", "2"]) == 0
+    config = load_checkpoint(out / trainer.LAST_NAME)["config"]
+    assert (config["pos_emb"], config["norm"], config["mlp"], config["bias"]) == ("rope", "rmsnorm", "swiglu", False)
+    capsys.readouterr()
+    assert train_bpe.main(["--init_from", source, "--data_file", str(tiny_file), "--out_dir", str(tmp_path / "x"),
+                           *RUN_ARGS, "--pos_emb", "learned"]) == 2
+    err = capsys.readouterr().err
+    assert "--pos_emb learned conflicts with --init_from" in err and err.count("\n") == 1, err
