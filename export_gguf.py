@@ -137,10 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 def gguf_architecture(config: dict, ckpt) -> str:
     """The llama.cpp architecture that computes what this (saved) config does; ExportError if none does."""
     name = model.architecture(config)
-    if name is None:
-        raise ExportError(f"checkpoint {ckpt} was trained with {model.unusual_options(config)}: neither llama.cpp's "
-                          f"gpt2 (GPT-2's layout, the defaults) nor its llama / qwen3 (rope, rmsnorm, swiglu, no bias, "
-                          f"no logit soft-cap) has that layout, so it cannot be exported as GGUF")
+    if name is None:  # llama.cpp's gpt2, llama and qwen3 are those layouts
+        raise ExportError(f"checkpoint {ckpt} {model.unexportable(config)}, so it cannot be exported as GGUF")
     return name
 
 

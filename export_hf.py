@@ -64,9 +64,7 @@ def architecture(config: dict, ckpt) -> str:
     """"gpt2", "llama" or "qwen3" (model.architecture); ExportError for a layout none of them has."""
     name = model.architecture(config)
     if name is None:
-        raise ExportError(f"checkpoint {ckpt} was trained with {model.unusual_options(config)}: neither GPT-2 (the "
-                          f"defaults) nor Llama/Qwen3 (rope, rmsnorm, swiglu, no bias, no logit soft-cap) has that "
-                          f"layout, so it cannot be exported")
+        raise ExportError(f"checkpoint {ckpt} {model.unexportable(config)}, so it cannot be exported")
     return name
 
 

@@ -102,10 +102,14 @@ def architecture(config: dict) -> str | None:
     return None
 
 
-def unusual_options(config: dict) -> str:
-    """The layout options of config that differ from GPT-2's, as "name=value, ..." for messages."""
-    return ", ".join(f"{name}={config[name]}" for name in GPT2_LAYOUT
-                     if name in config and config[name] != GPT2_LAYOUT[name])
+def unexportable(config: dict) -> str:
+    """Why no standard model computes what config does (architecture() gave None), for exporters' messages."""
+    options = ", ".join(f"{name}={config[name]}" for name in GPT2_LAYOUT
+                        if name in config and config[name] != GPT2_LAYOUT[name])
+    return (f"was trained with {options}: neither GPT-2's layout (the defaults) nor Llama/Qwen3's (rope, rmsnorm, "
+            f"swiglu, no bias, no logit soft-cap) has that")
+
+
 NORM_EPS = 1e-5  # LayerNorm's and RMSNorm's epsilon: GPT-2's and Llama's layer_norm / rms_norm eps
 
 

@@ -1,6 +1,6 @@
 """Build the second benchmark corpus: a few MB of Python source copied from installed packages.
 
-    python bench/gather_corpus.py                       # -> /work/corpora/py (about 6 MB)
+    python bench/gather_corpus.py                       # -> <temp dir>/py_corpus (about 6 MB)
     python bench/gather_corpus.py --out /tmp/py --site /path/to/site-packages
 
 Tiny Shakespeare is one small prose file that a 2-minute run sees ~8 times; this corpus is code, in
@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 DEFAULT_SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
@@ -87,7 +88,8 @@ def gather(site: Path, out: Path) -> tuple[int, int, str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--site", type=Path, default=DEFAULT_SITE, help="site-packages folder to copy from")
-    p.add_argument("--out", type=Path, default=Path("/work/corpora/py"), help="folder to (re)create")
+    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "py_corpus",
+                   help="folder to (re)create")
     args = p.parse_args(argv)
     n_files, n_bytes, digest = gather(args.site, args.out)
     print(f"{args.out}: {n_files} files, {n_bytes / 1e6:.2f} MB, digest {digest}")
