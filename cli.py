@@ -54,6 +54,14 @@ class OneLineParser(argparse.ArgumentParser):
             return f"; did you mean {hints[0][1]}?"
         return "".join(f"; {flag}: did you mean {match}?" for flag, match in hints)
 
+    def parse_checked(self, argv, check) -> argparse.Namespace:
+        """The flags, or exit 2 with one line: check(args) names what is wrong with them together, or None."""
+        args = self.parse_args(argv)
+        problem = check(args)
+        if problem:
+            self.error(problem)
+        return args
+
 
 class _Unset:
     """Marks a flag the user did not type (see typed_flags)."""

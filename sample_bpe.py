@@ -12,7 +12,6 @@ import sys
 if __name__ == "__main__":  # Ctrl-C while the imports below load (a second or two): leave without a traceback
     signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
 
-import argparse
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,7 +41,7 @@ HELP = """commands (a line that starts with / is a command; anything else is a p
   \"\"\"                        on a line of its own: start a prompt of several lines (code!); end it with \"\"\" again"""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> cli.OneLineParser:
     p = cli.OneLineParser(prog="sample_bpe.py", description=__doc__.splitlines()[0], epilog=EXAMPLES,
                           formatter_class=cli.HelpFormatter)
     defaults = Settings()
@@ -283,11 +282,7 @@ class Session:
 def main(argv=None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C from here is a KeyboardInterrupt
     stdout_open = cli.prepare_streams()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    problem = check_args(args)
-    if problem:
-        parser.error(problem)
+    args = build_parser().parse_checked(argv, check_args)
     try:
         if not stdout_open:
             raise CheckpointError("stdout is closed, so the sample has nowhere to go: redirect it (> sample.txt)")

@@ -17,7 +17,6 @@ import sys
 if __name__ == "__main__":  # Ctrl-C while the imports below load (a second or two): leave without a traceback
     signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
 
-import argparse
 import json
 import math
 import os
@@ -64,7 +63,7 @@ class Score:
                 "bits_per_byte": data.bits_per_byte(per_token, self.tokens, self.bytes) if self.tokens else math.nan}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> cli.OneLineParser:
     p = cli.OneLineParser(prog="score_bpe.py", description=__doc__.splitlines()[0], epilog=EXAMPLES,
                           formatter_class=cli.HelpFormatter)
     p.add_argument("--ckpt", default="bpe_best.pt", help="checkpoint written by train_bpe.py")
@@ -183,11 +182,7 @@ def plain(value):
 def main(argv=None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     cli.prepare_streams()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    problem = check_args(args)
-    if problem:
-        parser.error(problem)
+    args = build_parser().parse_checked(argv, check_args)
     try:
         with torch.inference_mode():
             result = run(args)
