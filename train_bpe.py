@@ -49,13 +49,6 @@ PRESETS = {
     ),
 }
 
-# --preset cpu with a longer --max_time: what pays off changes with the budget (a bigger model once there
-# are steps enough to train it, regularisation once it sees the text many times), so each row, measured
-# like the preset (bench/RESULTS.md, "Budget-scaled presets"), replaces some of its values from that many
-# seconds of training on: (seconds, values).
-CPU_BUDGETS = [
-]
-
 EXAMPLES = """examples:
   python train_bpe.py --preset cpu                            # bundled corpus, a few minutes on a CPU
   python train_bpe.py --data_file data/input.txt --use_cosine
@@ -215,21 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def defaults(parser: argparse.ArgumentParser, preset: str | None, max_time: float | None = None) -> dict:
-    """Every flag's default value, a preset's values on top (for --preset cpu, those of its budget row)."""
-    return {d: parser.get_default(d) for d in DESTS} | preset_values(preset, max_time)
-
-
-def preset_values(preset: str | None, max_time: float | None = None) -> dict:
-    """A preset's values; --preset cpu with a --max_time takes the CPU_BUDGETS rows up to that budget."""
-    if preset is None:
-        return {}
-    values = dict(PRESETS[preset])
-    if preset == "cpu" and max_time:
-        for seconds, row in CPU_BUDGETS:
-            if max_time >= seconds:
-                values |= row
-    return values
+def defaults(parser: argparse.ArgumentParser, preset: str | None) -> dict:
+    """Every flag's default value, a preset's values on top."""
+    return {d: parser.get_default(d) for d in DESTS} | (PRESETS[preset] if preset else {})
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
@@ -241,7 +222,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
     if "resume" in typed and "init_from" in typed:
         parser.error("--resume and --init_from cannot be used together: --resume continues a run exactly, "
                      "--init_from starts a new run from existing weights")
-    args = argparse.Namespace(**(defaults(parser, typed.get("preset"), typed.get("max_time")) | typed))
+    args = argparse.Namespace(**(defaults(parser, typed.get("preset")) | typed))
     if "resume" not in typed and "init_from" not in typed:  # those are checked once the source's flags are in
         problem = check_args(args)
         if problem:

@@ -114,17 +114,3 @@ def test_reusing_a_tokenizer_skips_training(tiny_file, tiny_run, tmp_path):
     state = torch.load(tmp_path / "bpe_best.pt", weights_only=True)
     assert code == 0 and state["tokenizer_json"] == (tiny_run / "tok.json").read_text()
 
-
-def test_a_longer_time_budget_picks_its_row_of_the_cpu_preset():
-    assert train_bpe.CPU_BUDGETS, "--preset cpu has rows for longer budgets"
-    seconds = [row[0] for row in train_bpe.CPU_BUDGETS]
-    assert seconds == sorted(seconds) and seconds[0] > train_bpe.PRESETS["cpu"]["max_time"]
-    base, _ = train_bpe.parse_args(["--preset", "cpu"])  # the README's command keeps its 134 s model
-    assert base.max_time == train_bpe.PRESETS["cpu"]["max_time"] and base.n_embed == train_bpe.PRESETS["cpu"]["n_embed"]
-    for budget, row in train_bpe.CPU_BUDGETS:
-        args, _ = train_bpe.parse_args(["--preset", "cpu", "--max_time", f"{budget + 1:.0f}"])
-        assert args.max_time == budget + 1 and all(getattr(args, k) == v for k, v in row.items())
-        shorter, _ = train_bpe.parse_args(["--preset", "cpu", "--max_time", f"{budget - 1:.0f}"])
-        assert any(getattr(shorter, k) != v for k, v in row.items())  # the row starts at its budget
-        typed, _ = train_bpe.parse_args(["--preset", "cpu", "--max_time", str(budget), "--n_layer", "2"])
-        assert typed.n_layer == 2  # a typed flag still wins
