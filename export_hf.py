@@ -77,7 +77,7 @@ def special_tokens(tok, specials: tokenizer.SpecialIds) -> dict[str, str]:
 
 def hf_config(config: dict, specials: tokenizer.SpecialIds) -> dict:
     """config.json for the architecture() of this config."""
-    if architecture(config, "") == "gpt2":
+    if model.architecture(config) == "gpt2":
         return gpt2_config(config, specials)
     return llama_config(config, specials)
 
@@ -109,7 +109,7 @@ def gpt2_config(config: dict, specials: tokenizer.SpecialIds) -> dict:
 def llama_config(config: dict, specials: tokenizer.SpecialIds) -> dict:
     """config.json for LlamaForCausalLM or Qwen3ForCausalLM (QK-norm): no grouped-query attention (as many
     key/value heads as heads), SiLU-gated MLP, RMSNorm eps 1e-5, rotary positions in the rotate-half layout."""
-    qwen3 = architecture(config, "") == "qwen3"
+    qwen3 = model.architecture(config) == "qwen3"
     cfg = model.GPTConfig(**config)
     return {
         "architectures": ["Qwen3ForCausalLM" if qwen3 else "LlamaForCausalLM"],
@@ -139,7 +139,7 @@ def llama_config(config: dict, specials: tokenizer.SpecialIds) -> dict:
 
 def hf_state_dict(state_dict: dict, config: dict) -> dict:
     """Our weights under the Hugging Face names of the architecture() of config."""
-    if architecture(config, "") == "gpt2":
+    if model.architecture(config) == "gpt2":
         return gpt2_state_dict(state_dict)
     return llama_state_dict(state_dict, config)
 

@@ -61,8 +61,8 @@ class GPTConfig:
             if getattr(self, name) not in choices:
                 raise ValueError(f"config {name} is {getattr(self, name)!r}, not one of {', '.join(choices)}")
         if self.pos_emb == "rope" and (self.n_embed // self.n_head) % 2:
-            raise ValueError(f"config head size {self.n_embed // self.n_head} is odd: rotary positions need an "
-                             f"even one")
+            raise ValueError(f"config n_embed {self.n_embed} / n_head {self.n_head} gives an odd head size "
+                             f"({self.n_embed // self.n_head}): rotary positions need an even one")
         for name in ("rope_theta", "logit_softcap"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \

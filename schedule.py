@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+LR_SCHEDULES = ("cosine", "wsd")  # lr_factor's shapes after warmup (--lr_schedule)
+
 
 def progress(step: int, max_steps: int, elapsed: float = 0.0, max_time: float | None = None) -> float:
     """Fraction of the run spent, in [0, 1]: steps done, or time used if a time budget runs out sooner."""

@@ -24,6 +24,7 @@ import metrics
 import model
 import pretrained
 import resume
+import schedule
 import tokenizer
 import trainer
 from checkpoint import CheckpointError
@@ -148,7 +149,7 @@ FLAGS: list[tuple[str, list[tuple[str, dict]]]] = [
         ("--weight_decay", dict(type=finite_float, default=0.1, help="AdamW weight decay, on matrices only")),
         ("--grad_clip", dict(type=finite_float, default=1.0, help="clip the gradient norm to this (0 = off)")),
         ("--use_cosine", dict(action="store_true", help="warmup then cosine decay (else a constant LR)")),
-        ("--lr_schedule", dict(choices=("cosine", "wsd"), default="cosine",
+        ("--lr_schedule", dict(choices=schedule.LR_SCHEDULES, default="cosine",
                                help="after warmup (with --use_cosine): cosine decay to --min_lr_factor, or wsd: "
                                     "constant, then a linear warmdown to --min_lr_factor over the last "
                                     "--warmdown_fraction of the run")),

@@ -355,8 +355,6 @@ def evaluate_and_save(run: Run, state: TrainState) -> None:
     note_memorising(run, state, losses["train"], val)
 
 
-
-
 def stop_early(run: Run, state: TrainState) -> bool:
     """--early_stop N: true (and one line) after N evaluations in a row without a new best validation loss."""
     patience = run.args.early_stop
