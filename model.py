@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import lm_loss
+
 
 @dataclass
 class GPTConfig:
@@ -235,6 +237,7 @@ class GPT(nn.Module):
         super().__init__()
         config.check()
         self.config = config
+        self.chunked_loss = True  # training loss on a CPU through lm_loss (False: the plain path, to compare)
         modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embed))
         if config.pos_emb == "learned":
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embed)
@@ -269,7 +272,10 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if non_embedding and "wpe" in self.transformer else n
 
     def forward(self, idx, targets=None, cache: KVCache | None = None):
-        """idx: (B, T) token ids → logits (B, T, vocab), and the mean cross-entropy if targets are given."""
+        """idx: (B, T) token ids → logits (B, T, vocab), and the mean cross-entropy if targets are given.
+
+        Training on a CPU (targets, gradients on, chunked_loss) returns (None, loss): the loss is computed
+        in chunks without the whole logits, which is much faster there (lm_loss.py)."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -285,7 +291,13 @@ class GPT(nn.Module):
             x = block(x, cache, i, rope)
         if cache is not None:
             cache.pos += T
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        x = self.transformer.ln_f(x)
+        if targets is not None and self.chunked_loss and x.device.type == "cpu" and torch.is_grad_enabled() \
+                and not torch.compiler.is_compiling():  # compiled, the plain path gets fused anyway
+            loss = lm_loss.cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(-1),
+                                         self.config.logit_softcap)
+            return None, loss  # the logits were never formed as a whole (lm_loss.py says why)
+        logits = self.lm_head(x)  # (B, T, vocab)
         if self.config.logit_softcap:
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)

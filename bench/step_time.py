@@ -1,9 +1,11 @@
 """Milliseconds per training step of several settings, measured back to back (interleaved) on this machine.
 
     flock /tmp/cpu.lock python bench/step_time.py -- "" "--n_layer 6" "--vocab_size 8192"
+    flock /tmp/cpu.lock python bench/step_time.py -- "" "loss=plain"
 
 Each argument after "--" is one setting: train_bpe.py flags on top of --preset cpu ("" = the preset),
-optionally led by "threads=N" to run it with N torch threads (default: torch's, all cores).
+optionally led by "threads=N" to run it with N torch threads (default: torch's, all cores), then by
+"loss=plain" to compute the loss through the whole logits instead of lm_loss's chunks.
 Every repeat times every setting once, in turn, so a change in the machine's load hits all of them
 alike; the median over repeats is reported with its ratio to the first setting. A step is
 trainer.train_step itself (forward, backward, clipping, optimizer) on random tokens: the speed of
@@ -49,12 +51,15 @@ def time_setting(flags: str, warmup: int, steps: int, out: Path) -> tuple[float,
     """(wall ms per step, CPU share) of `steps` steps after `warmup` untimed ones."""
     words = shlex.split(flags)
     threads = int(words.pop(0).split("=")[1]) if words and words[0].startswith("threads=") else DEFAULT_THREADS
+    plain_loss = bool(words) and words[0] == "loss=plain"
+    words = words[plain_loss:]
     torch.set_num_threads(threads)
     args, _ = train_bpe.parse_args(["--preset", "cpu", "--out_dir", str(out), *words])
     tokens = np.random.default_rng(0).integers(4, args.vocab_size, 400_000).astype(np.int64)
     token_data = data.TokenData(tokens, args.block_size)
     run_data = RunData(FakeTokenizer(args.vocab_size), out / "none.json", None, token_data, "", 0)
     run, state = trainer.setup(args, distributed.World(), run_data)
+    state.raw_model.chunked_loss = not plain_loss
     for _ in range(warmup):
         trainer.train_step(run, state)
     wall, cpu = time.perf_counter(), time.process_time()

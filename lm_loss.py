@@ -1,0 +1,80 @@
+"""The training loss of the output layer, computed in chunks of rows so that the logits never exist whole.
+
+On a CPU the output layer and its cross-entropy dominate a small model's training step. With the
+preset's 8192 tokens and width 128, one batch has (2048, 8192) logits: the plain path writes them in
+bf16, copies them to float32, takes the log-softmax, fills a gradient of the same size and casts it
+back, each pass a trip through main memory (64 MB in float32). That was ~120 of a step's ~200 ms
+(bench/step_time.py). Here each chunk of rows goes through the same arithmetic while its logits are
+still in cache, and the gradients of the hidden states and of the weight are computed right away, in
+the forward pass (the idea of Liger-Kernel's fused linear cross-entropy, Hsu et al. 2024): the
+backward pass only scales them by the incoming gradient. Loss and gradients are those of
+F.cross_entropy(F.linear(h, weight), targets, ignore_index=-1), up to rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def chunk_rows(width: int) -> int:
+    """Rows per chunk. Every chunk also adds its (vocab, width) share to the weight's gradient, so a chunk
+    should have about as many rows as the width for that to stay small; 128 rows per 96 of width was
+    fastest for widths 128, 384 and 768 on a 2-core CPU (vocabularies 8192 to 50304; bench/RESULTS.md)."""
+    return 128 * math.ceil(width / 96)
+
+
+def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of logits h @ weight.T (optionally soft-capped: cap * tanh(logits / cap)) against
+    targets; targets of -1 are ignored. h: (N, C), weight: (vocab, C), targets: (N,). Differentiable in h and
+    weight; under autocast the matrix products run in the autocast dtype, as F.linear's would."""
+    return ChunkedCrossEntropy.apply(h, weight, targets, softcap)
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, targets, softcap):
+        device = h.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        with torch.autocast(device, enabled=False):
+            loss_sum, grad_h, grad_w = loss_and_grads(h.to(dtype), weight.to(dtype), targets, softcap)
+        count = (targets != -1).sum()
+        ctx.save_for_backward(grad_h, grad_w, count)
+        ctx.dtypes = h.dtype, weight.dtype
+        return loss_sum / count  # 0 / 0 = nan when every target is ignored, as F.cross_entropy gives
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w, count = ctx.saved_tensors
+        scale = grad_loss / count
+        h_dtype, w_dtype = ctx.dtypes
+        return (grad_h * scale).to(h_dtype), (grad_w * scale).to(w_dtype), None, None
+
+
+def loss_and_grads(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float):
+    """(summed loss, d loss_sum / d h, d loss_sum / d weight) with h and weight already in the compute dtype.
+    Losses and softmax are float32; the weight's gradient is summed over chunks in float32."""
+    grad_h = torch.empty_like(h)
+    grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
+    rows = chunk_rows(h.size(1))
+    for start in range(0, h.size(0), rows):
+        hc, tc = h[start : start + rows], targets[start : start + rows]  # (n, C), (n,)
+        logits = (hc @ weight.t()).float()  # (n, vocab)
+        if softcap:
+            capped = torch.tanh(logits / softcap)
+            logits = softcap * capped
+        keep = (tc != -1)[:, None]  # (n, 1)
+        safe = tc.clamp(min=0)[:, None]  # an ignored row's target is any valid index; keep zeroes it out
+        lse = logits.logsumexp(dim=-1, keepdim=True)  # (n, 1)
+        loss_sum += ((lse - logits.gather(1, safe)) * keep).sum()
+        grad = logits.sub_(lse).exp_()  # softmax, in place of the logits
+        grad.scatter_add_(1, safe, torch.full_like(lse, -1.0))  # minus the one-hot target
+        grad.mul_(keep)
+        if softcap:
+            grad.mul_(1 - capped.square())  # through cap * tanh(z / cap)
+        grad = grad.to(h.dtype)
+        torch.mm(grad, weight, out=grad_h[start : start + rows])
+        grad_w += grad.t() @ hc
+    return loss_sum, grad_h, grad_w
