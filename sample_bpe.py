@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 import cli
 from checkpoint import CheckpointError, load_model
+from model import use_decode_layout
 from sampling import SETTABLE, Settings, generate_text, generators
 
 EXAMPLES = """examples:
@@ -154,6 +155,8 @@ class Sampler:
 def run(args) -> int:
     device = cli.resolve_device(args.device)
     model, tok, specials, _ = load_model(args.ckpt, device)
+    if device.type == "cpu":
+        use_decode_layout(model)  # one-token steps read the weights faster (model.py says why)
     sampler = Sampler(model, tok, specials)
     settings = settings_from(args)
     if args.interactive:

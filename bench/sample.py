@@ -2,14 +2,15 @@
 
     flock /tmp/cpu.lock python bench/sample.py                      # random weights, the default (seed) config
     flock /tmp/cpu.lock python bench/sample.py --ckpt bpe_best.pt   # a trained checkpoint
-    flock /tmp/cpu.lock python bench/sample.py --config 4,128,4,256,4096   # the --preset cpu model's shape
+    flock /tmp/cpu.lock python bench/sample.py --config 4,128,4,256,8192 --layout llama   # --preset cpu's model
 
 Speed does not depend on the weights, so without --ckpt a freshly initialised model is used. Every row
 generates greedily after the same prompt, with the same threads; "same tokens" says whether a row's
 tokens equal our fp32 KV-cache row's. transformers runs our own export (export_hf.py) of the weights.
-Rows: (1) ours, KV cache, batch 1; (2) transformers' generate, batch 1, its KV cache; (3) ours without
-the cache (each step recomputes the window); (4) ours with bf16 weights (on CPUs with bf16 matmuls);
-(5) --batch samples as one batch vs (6) the same samples one after another.
+Rows: (1) ours, KV cache, batch 1, weights in the decode layout as sample_bpe.py uses them on a CPU
+(model.use_decode_layout); (2) transformers' generate, batch 1, its KV cache; (3) ours without the cache
+(each step recomputes the window); (4) ours with bf16 weights (on CPUs with bf16 matmuls); (5) ours with
+the weights in training's layout; (6) --batch samples as one batch vs (7) the same samples one after another.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import export_hf  # noqa: E402
 from checkpoint import load_model, save_checkpoint  # noqa: E402
 from cli import bf16_supported, resolve_device  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, LLAMA_LAYOUT, GPTConfig, architecture, use_decode_layout  # noqa: E402
 
 
 def timed(steps) -> tuple[float, float, list[list[int]]]:
@@ -85,6 +86,8 @@ def main(argv=None) -> int:
     p.add_argument("--ckpt", type=Path, help="checkpoint from train_bpe.py (default: random weights)")
     p.add_argument("--config", default="6,384,6,256,8000",
                    help="without --ckpt: layers,width,heads,block,vocab (default: the seed's 6 x 384)")
+    p.add_argument("--layout", choices=("gpt2", "llama"), default="gpt2",
+                   help="without --ckpt: GPT-2's layout or Llama's (rope, rmsnorm, swiglu, no bias: --preset cpu's)")
     p.add_argument("--prompt_tokens", type=int, default=16, help="prompt length in tokens")
     p.add_argument("--new_tokens", type=int, default=200, help="tokens to generate (prompt + new <= block)")
     p.add_argument("--batch", type=int, default=8, help="samples for the batched vs sequential rows")
@@ -100,13 +103,15 @@ def main(argv=None) -> int:
         model, *_ = load_model(args.ckpt, device)
     else:
         layers, width, heads, block, vocab = map(int, args.config.split(","))
+        layout = LLAMA_LAYOUT if args.layout == "llama" else {}
         model = GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=layers, n_head=heads, n_embed=width,
-                              dropout=0.0)).to(device).eval()
+                              dropout=0.0, **layout)).to(device).eval()
     cfg = model.config
     if args.prompt_tokens + args.new_tokens > cfg.block_size:
         raise SystemExit("prompt + new tokens must fit in block_size (transformers' GPT-2 cannot shift its context)")
     prompt = torch.randint(0, cfg.vocab_size, (1, args.prompt_tokens), device=device)
     print(f"model: {cfg.n_layer} layers x {cfg.n_embed}, block {cfg.block_size}, vocab {cfg.vocab_size}, "
+          f"{architecture(cfg.__dict__)} layout, "
           f"{model.num_params() / 1e6:.2f}M params; device {device}, {torch.get_num_threads()} threads; "
           f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new (greedy), batch {args.batch}")
 
@@ -127,6 +132,12 @@ def main(argv=None) -> int:
             bf16 = bf16.to(torch.bfloat16)
             rows["bf16"] = lambda: ours(bf16, prompt, args.new_tokens)
             names["bf16"] = "ours, KV cache, bf16 weights, batch 1"
+        usual = GPT(cfg).to(device).eval()  # the weights in the layout training uses
+        usual.load_state_dict(model.state_dict())
+        rows["usual"] = lambda: ours(usual, prompt, args.new_tokens)
+        names["usual"] = "ours, KV cache, usual weight layout, batch 1"
+        if device.type == "cpu":
+            use_decode_layout(model)  # what sample_bpe.py does on a CPU
         batch_prompt = prompt.repeat(args.batch, 1)
         rows["batch"] = lambda: ours(model, batch_prompt, args.new_tokens)
         rows["sequential"] = lambda: sequential(model, prompt, args.new_tokens, args.batch)

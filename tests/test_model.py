@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model import GPT, GPTConfig, KVCache, sample_next
+from model import GPT, GPTConfig, KVCache, sample_next, use_decode_layout
 
 TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embed=32, dropout=0.0)
 
@@ -126,3 +126,19 @@ def test_sampling_is_reproducible_with_a_generator():
     logits = torch.randn(1, 64)
     a = [sample_next(logits, 0.9, generator=torch.Generator().manual_seed(3)).item() for _ in range(5)]
     assert len(set(a)) == 1
+
+
+@pytest.mark.parametrize("layout", [dict(), dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False,
+                                                   tie_embeddings=False)])
+def test_decode_layout_changes_memory_order_only(layout):
+    config = GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embed=32, dropout=0.0, **layout)
+    usual, decode = make_model(seed=4, config=config), use_decode_layout(make_model(seed=4, config=config))
+    assert all(torch.equal(a, b) for a, b in zip(usual.state_dict().values(), decode.state_dict().values()))
+    assert (decode.lm_head.weight is decode.transformer.wte.weight) == config.tie_embeddings
+    assert decode.transformer.h[0].mlp.c_fc.weight.stride() == (1, decode.transformer.h[0].mlp.c_fc.out_features)
+    prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(5))
+    a, b = usual(prompt)[0], decode(prompt)[0]
+    # other summation orders in float32: differences of a few eps * sqrt(width) of the logits' scale
+    assert (a - b).abs().max() <= 16 * torch.finfo(torch.float32).eps * a.abs().max() * 32 ** 0.5
+    greedy = [torch.stack(list(m.generate(prompt, 20, temperature=0.0)), 1) for m in (usual, decode)]
+    assert torch.equal(*greedy)
