@@ -344,26 +344,33 @@ def document_pieces(paths: Iterable[str]) -> Iterator[tuple[str, bool, int]]:
 # --------------------------------------------------------------------------- tokenizer
 
 
-def training_texts(corpus: Corpus, max_bytes: int | None = None) -> Iterator[str]:
-    """Text to train a tokenizer on, in pieces: the whole corpus, or, when it is bigger than max_bytes,
-    a deterministic sample of about max_bytes made of SAMPLE_WINDOW-byte windows spread evenly over all
-    files (the same corpus always gives the same sample)."""
-    total = corpus.total_bytes
+def training_texts(corpus: Corpus, max_bytes: int | None = None, end: int | None = None) -> Iterator[str]:
+    """Text to train a tokenizer on, in pieces, from the first `end` bytes of the corpus (all of it for None):
+    all of that, or, when it is bigger than max_bytes, a deterministic sample of about max_bytes made of
+    SAMPLE_WINDOW-byte windows spread evenly over it (the same corpus always gives the same sample)."""
+    total = corpus.total_bytes if end is None else min(end, corpus.total_bytes)
     if not max_bytes or max_bytes >= total:
-        for path in corpus.files:
-            yield from read_pieces(path)
+        offset = 0
+        for path, size in zip(corpus.files, corpus.sizes):
+            if offset + size <= total:
+                yield from read_pieces(path)
+            elif offset < total:  # the file the text ends in
+                with open(path, "rb") as f:
+                    yield f.read(total - offset).removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="ignore")
+            offset += size
         return
     width = min(SAMPLE_WINDOW, max(max_bytes // 64, 1))  # at least ~64 windows, however small the sample
     stride = width * total / max_bytes  # window k covers [k * stride, k * stride + width)
     offset = 0  # where the current file starts in the concatenated corpus
     for path, size in zip(corpus.files, corpus.sizes):
         k = math.ceil(max(offset - width, 0) / stride)
-        if k * stride >= offset + size:  # no window reaches this file: do not even open it
+        stop = min(offset + size, total)  # the end of this file's part of the text
+        if k * stride >= stop:  # no window reaches this file: do not even open it
             offset += size
             continue
         with open(path, "rb") as f:
-            while (window := k * stride) < offset + size:
-                lo, hi = max(int(window), offset), min(int(window) + width, offset + size)
+            while (window := k * stride) < stop:
+                lo, hi = max(int(window), offset), min(int(window) + width, stop)
                 if hi > lo:
                     f.seek(lo - offset)
                     raw = f.read(hi - lo)
@@ -372,6 +379,15 @@ def training_texts(corpus: Corpus, max_bytes: int | None = None) -> Iterator[str
                     yield raw.decode("utf-8", errors="ignore")  # only a window's cut ends can be partial
                 k += 1
         offset += size
+
+
+def tokenizer_text_end(corpus: Corpus) -> int:
+    """How many bytes of the corpus (from its start) a new tokenizer is trained on: the text before the
+    validation split. Held-out text must not shape the vocabulary: BPE would make its own words into
+    tokens, and held-out scores would flatter big vocabularies (bench/RESULTS.md measured 0.23 bits/byte
+    on Shakespeare at 8192 tokens). Validation starts at the document end nearest to 90% of the tokens,
+    no earlier than 85%, so the tokenizer stops at 83% of the bytes (bytes per token vary a little)."""
+    return int(corpus.total_bytes * (1 - 1.5 * VAL_FRACTION - 0.02))
 
 
 # --------------------------------------------------------------------------- encoding

@@ -100,7 +100,8 @@ def choose_tokenizer(args, corpus: data.Corpus, world: distributed.World, resume
         return tokenizer.load(main_tok_path), main_tok_path
     if args.tokenizer:
         return tokenizer.load(args.tokenizer), args.tokenizer
-    return tokenizer.train(args.tokenizer_type, corpus, args.vocab_size, args.tokenizer_train_bytes), None
+    return tokenizer.train(args.tokenizer_type, corpus, args.vocab_size, args.tokenizer_train_bytes,
+                           end=data.tokenizer_text_end(corpus)), None  # never the held-out text
 
 
 def prepare_data(args, world: distributed.World, resume: resume_.Resume | None = None,

@@ -151,22 +151,24 @@ def kind(tok) -> str:
 # --------------------------------------------------------------------------- training
 
 
-def train(tokenizer_type: str, corpus: data.Corpus, vocab_size: int, max_bytes: int | None = None):
-    """A new tokenizer of the given kind, trained on the corpus (or its max_bytes sample)."""
+def train(tokenizer_type: str, corpus: data.Corpus, vocab_size: int, max_bytes: int | None = None,
+          end: int | None = None):
+    """A new tokenizer of the given kind, trained on the corpus' first `end` bytes (all for None) or their
+    max_bytes sample (data.training_texts)."""
     if tokenizer_type == "sentencepiece":
-        return train_sentencepiece(corpus, vocab_size, max_bytes)
-    return train_bpe(corpus, vocab_size, max_bytes)
+        return train_sentencepiece(corpus, vocab_size, max_bytes, end)
+    return train_bpe(corpus, vocab_size, max_bytes, end)
 
 
-def _text_with_progress(corpus: data.Corpus, max_bytes: int | None, desc: str) -> Iterator[str]:
-    total = min(max_bytes or corpus.total_bytes, corpus.total_bytes)
-    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False) as bar:
-        for text in data.training_texts(corpus, max_bytes):
+def _text_with_progress(corpus: data.Corpus, max_bytes: int | None, end: int | None, desc: str) -> Iterator[str]:
+    text_bytes = corpus.total_bytes if end is None else min(end, corpus.total_bytes)
+    with tqdm(total=min(max_bytes or text_bytes, text_bytes), desc=desc, unit="B", unit_scale=True, leave=False) as bar:
+        for text in data.training_texts(corpus, max_bytes, end):
             bar.update(len(text))  # characters: close enough to bytes for a progress bar
             yield text
 
 
-def train_bpe(corpus: data.Corpus, vocab_size: int, max_bytes: int | None = None) -> Tokenizer:
+def train_bpe(corpus: data.Corpus, vocab_size: int, max_bytes: int | None = None, end: int | None = None) -> Tokenizer:
     """Trains a byte-level BPE on a stream of the corpus' text (or its max_bytes sample): every string
     round-trips exactly, whitespace and emoji included."""
     if vocab_size < MIN_VOCAB_SIZE:
@@ -180,17 +182,18 @@ def train_bpe(corpus: data.Corpus, vocab_size: int, max_bytes: int | None = None
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
         show_progress=False,  # our own bar counts bytes
     )
-    tok.train_from_iterator(_text_with_progress(corpus, max_bytes, "training tokenizer"), trainer=trainer)
+    tok.train_from_iterator(_text_with_progress(corpus, max_bytes, end, "training tokenizer"), trainer=trainer)
     return tok
 
 
-def train_sentencepiece(corpus: data.Corpus, vocab_size: int, max_bytes: int | None = None) -> SentencePieceTokenizer:
+def train_sentencepiece(corpus: data.Corpus, vocab_size: int, max_bytes: int | None = None,
+                        end: int | None = None) -> SentencePieceTokenizer:
     """Trains a BPE SentencePiece model with the same special ids as our byte-level BPE (pad 0 … eos 3),
     on the same text train_bpe reads (the whole corpus, or its max_bytes sample)."""
     sentencepiece = _sentencepiece()
 
     def lines():  # the bar counts the text read; SentencePiece then merges without reporting progress
-        for text in _text_with_progress(corpus, max_bytes, "reading text for the tokenizer"):
+        for text in _text_with_progress(corpus, max_bytes, end, "reading text for the tokenizer"):
             yield from (line for line in text.split("\n") if line)
 
     proto = io.BytesIO()

@@ -7,8 +7,8 @@ Everything after "--" is passed to train_bpe.py on top of --preset cpu. The budg
 training loop only (tokenizer training and encoding come before it). Bits per byte are computed
 from every validation token (evaluate.evaluate_stream: non-overlapping windows), so runs with
 different tokenizers and block sizes compare fairly; the figures on the reference runs in the
-issue (char-level nanoGPT: 2.74 bits/char) are per byte too, as the corpus is ASCII. The tokenizer is
-trained on the text before the held-out split only (train_part_tokenizer says why).
+issue (char-level nanoGPT: 2.74 bits/char) are per byte too, as the corpus is ASCII. train_bpe.py trains
+the tokenizer on the text before the held-out split only (data.tokenizer_text_end says why).
 """
 
 from __future__ import annotations
@@ -59,50 +59,21 @@ def corpus_flags(args) -> list[str]:
     return ["--data_dir", str(args.data_dir)] if args.data_dir else ["--data_file", str(args.data_file)]
 
 
-# The tokenizer's text ends this far before the end of the corpus: the held-out 10% of tokens, plus a margin
-# for the split's shift (it is counted in tokens, and held-out text may take more or fewer bytes per token).
-TOKENIZER_TEXT_FRACTION = 1 - data.VAL_FRACTION - 0.02
-
-
-def train_part_tokenizer(corpus: data.Corpus, run_args, path: Path) -> Path:
-    """Trains the run's tokenizer on the text before the held-out split only, and saves it at path.
-
-    train_bpe.py trains its tokenizer on the whole corpus, held-out text included: harmless for a user, a
-    leak for a benchmark. With a big vocabulary on a small corpus BPE makes the held-out text's own words
-    into tokens, and its bits/byte drop for that reason alone (vocabulary 16384 on Shakespeare, 134 s:
-    1.94 with a whole-corpus tokenizer, 2.31 with this one; bench/RESULTS.md)."""
-    budget, text = int(corpus.total_bytes * TOKENIZER_TEXT_FRACTION), []
-    for piece in data.training_texts(corpus):  # the corpus in the order the token stream has it
-        raw = piece.encode("utf-8")[:budget]
-        text.append(raw.decode("utf-8", errors="ignore"))
-        budget -= len(raw)
-        if budget <= 0:
-            break
-    with tempfile.TemporaryDirectory() as tmp:
-        part = Path(tmp) / "training_part.txt"
-        part.write_text("".join(text), encoding="utf-8")
-        tok = tokenizer.train(run_args.tokenizer_type, data.scan_corpus(data_file=part), run_args.vocab_size)
-    return tokenizer.save(tok, path)[0]  # a SentencePiece model gets its own suffix
-
-
 def reuse_flags(args, out: Path, extra: list[str]) -> tuple[list[str], Path]:
-    """Flags that give the run a tokenizer trained on the training part of the corpus (train_part_tokenizer),
-    and with --keep reuse it and the token cache from an earlier run of the same corpus and vocabulary
-    (training a tokenizer and encoding a 6 MB corpus takes longer than some fixed-step runs).
+    """With --keep: flags that reuse a tokenizer and token cache kept from an earlier run of the same corpus
+    and vocabulary (training a tokenizer and encoding a 6 MB corpus takes longer than some fixed-step runs).
     Returns (flags for train_bpe.py, the cache folder)."""
-    run_args = train_bpe.parse_args(["--preset", "cpu", *corpus_flags(args), *extra])[0]
-    if run_args.tokenizer or run_args.init_from:  # the run brings its own tokenizer
+    if args.keep is None:
         return ["--tokenizer_path", str(out / "tokenizer.json")], out / "token_cache"
+    vocab = train_bpe.parse_args(["--preset", "cpu", *extra])[0].vocab_size
     corpus = args.data_dir or args.data_file
-    tag = f"{corpus.name}-{hashlib.sha1(str(corpus.resolve()).encode()).hexdigest()[:8]}-" \
-          f"{run_args.tokenizer_type}{run_args.vocab_size}-trainpart"
-    tok_path, cache = (args.keep / f"{tag}.json", args.keep / f"{tag}-cache") if args.keep else \
-        (out / "tokenizer.json", out / "token_cache")
-    kept = [p for p in (tok_path, tok_path.with_suffix(".model")) if p.is_file()]
-    tok_file = kept[0] if kept else train_part_tokenizer(
-        data.scan_corpus(data_file=None if args.data_dir else args.data_file, data_dir=args.data_dir), run_args,
-        tok_path)
-    return ["--tokenizer", str(tok_file), "--cache_dir", str(cache)], cache
+    # "train-part": tokenizers trained on the text before the held-out split (data.tokenizer_text_end); kept
+    # tokenizers from before, trained on all of it, had seen the held-out text and must not be reused
+    tag = f"{corpus.name}-{hashlib.sha1(str(corpus.resolve()).encode()).hexdigest()[:8]}-v{vocab}-train-part"
+    tok_path, cache = args.keep / f"{tag}.json", args.keep / f"{tag}-cache"
+    if tok_path.is_file():
+        return ["--tokenizer", str(tok_path), "--cache_dir", str(cache)], cache
+    return ["--tokenizer_path", str(tok_path), "--cache_dir", str(cache)], cache
 
 
 class WeightAverages:

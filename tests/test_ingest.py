@@ -406,3 +406,27 @@ def test_train_bpe_folder_run_reports_skips_and_reuses_cache(tmp_path, folder, c
     assert "token cache: built" in capsys.readouterr().out
     assert train_bpe.main(args) == 0
     assert "token cache: reusing" in capsys.readouterr().out
+
+
+def test_tokenizer_text_can_end_before_the_held_out_part(folder):
+    corpus = scan(folder)
+    whole = b"".join(Path(p).read_bytes() for p in corpus.files)
+    end = len(whole) * 2 // 3  # inside a file
+    assert "".join(data.training_texts(corpus, None, end)) == whole[:end].decode("utf-8", errors="ignore")
+    sample = "".join(data.training_texts(corpus, 300, end))
+    assert 250 <= len(sample.encode()) <= 350
+    assert all(piece in whole[:end].decode("utf-8", errors="ignore") for piece in data.training_texts(corpus, 300, end))
+
+
+def test_a_new_tokenizer_never_sees_the_validation_text(tmp_path):
+    # A word only in the last 10% of the corpus, frequent enough there that BPE would give it one token.
+    text = TINY_TEXT + " zqxjvkw" * 150
+    corpus_file = write(tmp_path / "corpus.txt", text)
+    code = train_bpe.main(["--data_file", str(corpus_file), "--out_dir", str(tmp_path / "out"), *TINY_MODEL_ARGS,
+                           "--vocab_size", "400", "--max_steps", "1", "--warmup_steps", "0", "--eval_interval", "1", "--eval_iters", "1",
+                           "--tokenizer_path", str(tmp_path / "tok.json")])
+    assert code == 0
+    tok = tokenizer.load(tmp_path / "tok.json")
+    assert len(tok.encode(" zqxjvkw").ids) > 2  # spelled out in pieces: the word never reached the tokenizer
+    whole = tokenizer.train("bpe", data.scan_corpus(data_file=corpus_file), 400)
+    assert len(whole.encode(" zqxjvkw").ids) == 1  # trained on everything, it would have been one token
