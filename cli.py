@@ -115,6 +115,16 @@ def bounded_int(low: int, high: int):
     return parse
 
 
+def or_auto(parse):
+    """A flag that takes parse's values or the word auto (the program chooses, e.g. from the corpus)."""
+
+    def parse_or_auto(text: str):
+        return "auto" if text == "auto" else parse(text)
+
+    parse_or_auto.__name__ = parse.__name__
+    return parse_or_auto
+
+
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed; NumPy's legacy seeding less
 seed_int = bounded_int(0, SEED_MAX)
 
