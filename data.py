@@ -302,15 +302,18 @@ def split_text(text: str) -> list[str]:
     return _split(text, final=True)[0]
 
 
-def read_pieces(path: str | Path) -> Iterator[str]:
-    """A file's text (UTF-8, byte order mark dropped) in the pieces split_text gives, read in chunks."""
+def read_pieces(path: str | Path, limit: int | None = None) -> Iterator[str]:
+    """A file's text (UTF-8, byte order mark dropped) in the pieces split_text gives, read in chunks; with
+    limit, only the text of its first limit bytes (a character cut there is dropped)."""
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    rest = ""
+    rest, left = "", math.inf if limit is None else limit
     with open(path, "rb") as f:
-        while chunk := f.read(READ_CHUNK):
+        while left > 0 and (chunk := f.read(min(READ_CHUNK, left))):
+            left -= len(chunk)
             pieces, rest = _split(rest + decoder.decode(chunk), final=False)
             yield from pieces
-    yield from _split(rest + decoder.decode(b"", final=True), final=True)[0]
+    tail = decoder.decode(b"", final=True) if limit is None else ""  # a cut character is no error
+    yield from _split(rest + tail, final=True)[0]
 
 
 def read_text(path: str | Path) -> str:
@@ -351,18 +354,18 @@ def training_texts(corpus: Corpus, max_bytes: int | None = None, end: int | None
     total = corpus.total_bytes if end is None else min(end, corpus.total_bytes)
     if not max_bytes or max_bytes >= total:
         offset = 0
-        for path, size in zip(corpus.files, corpus.sizes):
-            if offset + size <= total:
-                yield from read_pieces(path)
-            elif offset < total:  # the file the text ends in
-                with open(path, "rb") as f:
-                    yield f.read(total - offset).removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="ignore")
+        for path, size in stream_order(corpus):
+            if offset >= total:
+                return
+            yield from read_pieces(path, None if offset + size <= total else total - offset)
             offset += size
         return
     width = min(SAMPLE_WINDOW, max(max_bytes // 64, 1))  # at least ~64 windows, however small the sample
     stride = width * total / max_bytes  # window k covers [k * stride, k * stride + width)
     offset = 0  # where the current file starts in the concatenated corpus
-    for path, size in zip(corpus.files, corpus.sizes):
+    for path, size in stream_order(corpus):
+        if offset >= total:
+            return
         k = math.ceil(max(offset - width, 0) / stride)
         stop = min(offset + size, total)  # the end of this file's part of the text
         if k * stride >= stop:  # no window reaches this file: do not even open it
@@ -381,12 +384,23 @@ def training_texts(corpus: Corpus, max_bytes: int | None = None, end: int | None
         offset += size
 
 
+def stream_order(corpus: Corpus) -> list[tuple[str, int]]:
+    """(path, size) of the corpus' files in the order of its token stream: by a hash of their names, so
+    that the validation split (the last ~10%) is a mix of the corpus, not its alphabetically last folder."""
+    def name_hash(path: str) -> bytes:
+        name = os.path.relpath(path, corpus.root) if corpus.root is not None else os.path.basename(path)
+        return hashlib.sha1(name.encode("utf-8", "surrogateescape")).digest()
+
+    return sorted(zip(corpus.files, corpus.sizes), key=lambda file: name_hash(file[0]))
+
+
 def tokenizer_text_end(corpus: Corpus) -> int:
-    """How many bytes of the corpus (from its start) a new tokenizer is trained on: the text before the
-    validation split. Held-out text must not shape the vocabulary: BPE would make its own words into
-    tokens, and held-out scores would flatter big vocabularies (bench/RESULTS.md measured 0.23 bits/byte
-    on Shakespeare at 8192 tokens). Validation starts at the document end nearest to 90% of the tokens,
-    no earlier than 85%, so the tokenizer stops at 83% of the bytes (bytes per token vary a little)."""
+    """How many bytes of the corpus, from the start of its stream_order, a new tokenizer is trained on: the
+    text before the validation split. Held-out text must not shape the vocabulary: BPE would make its
+    own words into tokens, and held-out scores would flatter big vocabularies (bench/RESULTS.md measured
+    0.23 bits/byte on Shakespeare at 8192 tokens). Validation starts at the document end nearest to 90%
+    of the tokens, no earlier than 85%, so the tokenizer stops at 83% of the bytes (bytes per token vary
+    a little)."""
     return int(corpus.total_bytes * (1 - 1.5 * VAL_FRACTION - 0.02))
 
 

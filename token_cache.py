@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -175,9 +174,7 @@ def encode_to_file(corpus: data.Corpus, tok, cache_dir: Path, key: dict) -> tupl
     """Encodes the corpus into a temporary file in cache_dir; returns it and the sidecar it needs."""
     for stale in cache_dir.glob(f".{CACHE_BIN}.*.tmp"):  # left by a run killed while encoding
         stale.unlink(missing_ok=True)
-    # Documents go in an order fixed by a hash of their names, so the validation split (the last ~10%)
-    # is a mix of the corpus, not its alphabetically last folder.
-    order = sorted(corpus.files, key=lambda p: _name_hash(p, corpus.root))
+    order = [path for path, _ in data.stream_order(corpus)]  # the tokenizer's text follows the same order
     doc_ends = array("q")
     num_tokens, eos = 0, tokenizer.special_ids(tok).eos
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{CACHE_BIN}.", suffix=".tmp")
@@ -210,8 +207,3 @@ def _count_val_bytes(path: str, dtype: np.dtype, val_start: int, tok) -> int:
         while (chunk := np.fromfile(f, dtype=dtype, count=COUNT_CHUNK)).size:
             counts += np.bincount(chunk, minlength=len(counts))
     return int(counts @ tokenizer.byte_lengths(tok))
-
-
-def _name_hash(path: str, root: str | None) -> bytes:
-    name = os.path.relpath(path, root) if root is not None else os.path.basename(path)
-    return hashlib.sha1(name.encode("utf-8", "surrogateescape")).digest()

@@ -356,7 +356,7 @@ def test_tokenizer_sample_is_even_deterministic_and_bounded(folder):
     whole = {p: Path(p).read_bytes().decode("utf-8") for p in corpus.files}
     sources = {p for piece in sample for p, text in whole.items() if piece and piece in text}
     assert len(sources) == len(corpus.files)  # drawn from every file, not just the first ones
-    assert "".join(data.training_texts(corpus, None)) == "".join(whole[p] for p in corpus.files)
+    assert "".join(data.training_texts(corpus, None)) == "".join(whole[p] for p, _ in data.stream_order(corpus))
 
 
 def _traced_peak(root, cache_dir, tok):
@@ -410,7 +410,7 @@ def test_train_bpe_folder_run_reports_skips_and_reuses_cache(tmp_path, folder, c
 
 def test_tokenizer_text_can_end_before_the_held_out_part(folder):
     corpus = scan(folder)
-    whole = b"".join(Path(p).read_bytes() for p in corpus.files)
+    whole = b"".join(Path(p).read_bytes() for p, _ in data.stream_order(corpus))  # the token stream's order
     end = len(whole) * 2 // 3  # inside a file
     assert "".join(data.training_texts(corpus, None, end)) == whole[:end].decode("utf-8", errors="ignore")
     sample = "".join(data.training_texts(corpus, 300, end))
@@ -430,6 +430,25 @@ def test_a_new_tokenizer_never_sees_the_validation_text(tmp_path):
     assert len(tok.encode(" zqxjvkw").ids) > 2  # spelled out in pieces: the word never reached the tokenizer
     whole = tokenizer.train("bpe", data.scan_corpus(data_file=corpus_file), 400)
     assert len(whole.encode(" zqxjvkw").ids) == 1  # trained on everything, it would have been one token
+
+
+def test_in_a_folder_the_tokenizer_never_sees_the_validation_documents(tmp_path):
+    root = tmp_path / "corpus"
+    for i in range(40):
+        write(root / f"doc{i:02d}.txt", TINY_TEXT[i * 300 : (i + 1) * 300])
+    order = [Path(p).name for p, _ in data.stream_order(scan(root))]
+    for name in order[-4:]:  # the documents the token stream puts last: validation's
+        write(root / name, " zqxjvkw" * 40)
+    corpus = scan(root)
+    seen = "".join(data.training_texts(corpus, None, data.tokenizer_text_end(corpus)))
+    assert "zqxjvkw" not in seen and len(seen) > 0.8 * corpus.total_bytes
+    sampled = "".join(data.training_texts(corpus, 2000, data.tokenizer_text_end(corpus)))
+    assert "zqxjvkw" not in sampled
+    code = train_bpe.main(["--data_dir", str(root), "--out_dir", str(tmp_path / "out"), *TINY_MODEL_ARGS,
+                           "--vocab_size", "300", "--max_steps", "1", "--warmup_steps", "0", "--eval_iters", "1",
+                           "--tokenizer_path", str(tmp_path / "tok.json")])
+    assert code == 0
+    assert len(tokenizer.load(tmp_path / "tok.json").encode(" zqxjvkw").ids) > 2
 
 
 def test_auto_vocabulary_is_a_power_of_two_per_256_bytes_within_its_range():
