@@ -69,7 +69,7 @@ def reuse_flags(args, out: Path, extra: list[str]) -> tuple[list[str], Path]:
     corpus = args.data_dir or args.data_file
     # "train-part": tokenizers trained on the text before the held-out split (data.tokenizer_text_end); kept
     # tokenizers from before, trained on all of it, had seen the held-out text and must not be reused
-    tag = f"{corpus.name}-{hashlib.sha1(str(corpus.resolve()).encode()).hexdigest()[:8]}-v{vocab}-train-part"
+    tag = f"{corpus.name}-{hashlib.sha1(str(corpus.resolve()).encode()).hexdigest()[:8]}-v{vocab}-train-part2"
     tok_path, cache = args.keep / f"{tag}.json", args.keep / f"{tag}-cache"
     if tok_path.is_file():
         return ["--tokenizer", str(tok_path), "--cache_dir", str(cache)], cache
