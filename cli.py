@@ -119,7 +119,12 @@ def or_auto(parse):
     """A flag that takes parse's values or the word auto (the program chooses, e.g. from the corpus)."""
 
     def parse_or_auto(text: str):
-        return "auto" if text == "auto" else parse(text)
+        if text == "auto":
+            return text
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (or auto)") from None
 
     parse_or_auto.__name__ = parse.__name__
     return parse_or_auto

@@ -1,7 +1,7 @@
 """The training loss of the output layer, computed in chunks of rows so that the logits never exist whole.
 
-On a CPU the output layer and its cross-entropy dominate a small model's training step. With the
-preset's 8192 tokens and width 128, one batch has (2048, 8192) logits: the plain path writes them in
+On a CPU the output layer and its cross-entropy dominate a small model's training step. With 8192
+tokens and width 128 (the preset on tiny Shakespeare as it was), one batch has (2048, 8192) logits: the plain path writes them in
 bf16, copies them to float32, takes the log-softmax, fills a gradient of the same size and casts it
 back, each pass a trip through main memory (64 MB in float32). That was ~120 of a step's ~200 ms
 (bench/step_time.py). Here each chunk of rows goes through the same arithmetic while its logits are
@@ -21,7 +21,8 @@ import torch
 def chunk_rows(width: int) -> int:
     """Rows per chunk. Every chunk also adds its (vocab, width) share to the weight's gradient, so a chunk
     should have about as many rows as the width for that to stay small; 128 rows per 96 of width was
-    fastest for widths 128, 384 and 768 on a 2-core CPU (vocabularies 8192 to 50304; bench/RESULTS.md)."""
+    about fastest for widths 128, 384 and 768 on a 2-core CPU (vocabularies 8000 to 50304; the table is
+    in bench/RESULTS.md, "The loss in chunks")."""
     return 128 * math.ceil(width / 96)
 
 
@@ -76,5 +77,8 @@ def loss_and_grads(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
             grad.mul_(1 - capped.square())  # through cap * tanh(z / cap)
         grad = grad.to(h.dtype)
         torch.mm(grad, weight, out=grad_h[start : start + rows])
-        grad_w += grad.t() @ hc
+        if grad.dtype == torch.float32:
+            grad_w.addmm_(grad.t(), hc)
+        else:  # a bf16 product, summed in float32
+            grad_w += grad.t() @ hc
     return loss_sum, grad_h, grad_w

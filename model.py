@@ -274,8 +274,8 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, cache: KVCache | None = None):
         """idx: (B, T) token ids → logits (B, T, vocab), and the mean cross-entropy if targets are given.
 
-        Training on a CPU (targets, gradients on, chunked_loss) returns (None, loss): the loss is computed
-        in chunks without the whole logits, which is much faster there (lm_loss.py)."""
+        Training on a CPU (targets, gradients on, self.chunked_loss, not compiled) returns (None, loss): the
+        loss is computed in chunks without the whole logits, much faster there (lm_loss.py)."""
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
         if start + T > self.config.block_size:
@@ -293,7 +293,7 @@ class GPT(nn.Module):
             cache.pos += T
         x = self.transformer.ln_f(x)
         if targets is not None and self.chunked_loss and x.device.type == "cpu" and torch.is_grad_enabled() \
-                and not torch.compiler.is_compiling():  # compiled, the plain path gets fused anyway
+                and not torch.compiler.is_compiling():  # torch.compile traces the plain path as one graph
             loss = lm_loss.cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(-1),
                                          self.config.logit_softcap)
             return None, loss  # the logits were never formed as a whole (lm_loss.py says why)

@@ -201,7 +201,7 @@ def train_bpe(corpus: data.Corpus, vocab_size: int, max_bytes: int | None = None
 def train_sentencepiece(corpus: data.Corpus, vocab_size: int, max_bytes: int | None = None,
                         end: int | None = None) -> SentencePieceTokenizer:
     """Trains a BPE SentencePiece model with the same special ids as our byte-level BPE (pad 0 … eos 3),
-    on the same text train_bpe reads (the whole corpus, or its max_bytes sample)."""
+    on the same text train_bpe reads (the corpus' first `end` bytes, or their max_bytes sample)."""
     sentencepiece = _sentencepiece()
 
     def lines():  # the bar counts the text read; SentencePiece then merges without reporting progress

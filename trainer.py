@@ -140,7 +140,8 @@ def checkpoint_bytes(args) -> int:
     Counted from the GPT-2 layout (tied embeddings; per block 12·C² weights and 13·C biases and gains)
     rather than by building the model, which is slow for a large one.
     """
-    C, vocab = args.n_embed, tokenizer.AUTO_VOCAB_RANGE[1] if args.vocab_size == "auto" else args.vocab_size
+    C = args.n_embed
+    vocab = tokenizer.AUTO_VOCAB_RANGE[1] if args.vocab_size == "auto" else args.vocab_size  # auto: at most
     params = (vocab + args.block_size) * C + args.n_layer * (12 * C * C + 13 * C) + 2 * C
     return 3 * 4 * params + 100 * vocab
 

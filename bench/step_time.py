@@ -53,7 +53,7 @@ def time_setting(flags: str, warmup: int, steps: int, out: Path) -> tuple[float,
     words = shlex.split(flags)
     threads = int(words.pop(0).split("=")[1]) if words and words[0].startswith("threads=") else DEFAULT_THREADS
     plain_loss = bool(words) and words[0] == "loss=plain"
-    words = words[plain_loss:]
+    words = words[1:] if plain_loss else words
     torch.set_num_threads(threads)
     args, _ = train_bpe.parse_args(["--preset", "cpu", "--out_dir", str(out), *words])
     vocab = args.vocab_size  # auto: what the bundled corpus gets
