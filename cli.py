@@ -115,21 +115,6 @@ def bounded_int(low: int, high: int):
     return parse
 
 
-def or_auto(parse):
-    """A flag that takes parse's values or the word auto (the program chooses, e.g. from the corpus)."""
-
-    def parse_or_auto(text: str):
-        if text == "auto":
-            return text
-        try:
-            return parse(text)
-        except argparse.ArgumentTypeError as exc:
-            raise argparse.ArgumentTypeError(f"{exc} (or auto)") from None
-
-    parse_or_auto.__name__ = parse.__name__
-    return parse_or_auto
-
-
 SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed; NumPy's legacy seeding less
 seed_int = bounded_int(0, SEED_MAX)
 

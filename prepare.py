@@ -100,12 +100,7 @@ def choose_tokenizer(args, corpus: data.Corpus, world: distributed.World, resume
         return tokenizer.load(main_tok_path), main_tok_path
     if args.tokenizer:
         return tokenizer.load(args.tokenizer), args.tokenizer
-    vocab_size = args.vocab_size
-    if vocab_size == "auto":
-        vocab_size = tokenizer.auto_vocab_size(corpus.total_bytes)
-        print(f"vocabulary: {vocab_size} tokens for {corpus.total_bytes:,} bytes of text (--vocab_size auto: "
-              f"one per 256 bytes, rounded down to a power of two)")
-    return tokenizer.train(args.tokenizer_type, corpus, vocab_size, args.tokenizer_train_bytes,
+    return tokenizer.train(args.tokenizer_type, corpus, args.vocab_size, args.tokenizer_train_bytes,
                            end=data.tokenizer_text_end(corpus)), None  # never the held-out text
 
 

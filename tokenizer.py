@@ -38,18 +38,6 @@ from files import atomic_write
 TYPES = ("bpe", "sentencepiece")
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>", "<eos>")  # ids 0, 1, 2, 3 in the tokenizers we train
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_TOKENS)  # every byte, plus the specials
-AUTO_VOCAB_RANGE = (1024, 32768)  # --vocab_size auto stays within these
-
-
-def auto_vocab_size(corpus_bytes: int) -> int:
-    """--vocab_size auto: the power of two at or below one token per 256 bytes of corpus, within AUTO_VOCAB_RANGE.
-
-    A bigger vocabulary packs more bytes into a token but leaves each token fewer examples to learn from.
-    Measured at 134 s (bench/RESULTS.md, held-out bits/byte): tiny Shakespeare (1.1 MB) does best with
-    4096 (2048: +0.008, 8192: +0.047), 6 MB of Python with 16384 (8192: +0.05, 4096: +0.11); both are
-    256 bytes per token rounded down to a power of two."""
-    low, high = AUTO_VOCAB_RANGE
-    return min(high, max(low, 1 << (max(corpus_bytes // 256, 1).bit_length() - 1)))
 SPM_INSTALL_HINT = "pip install sentencepiece (or pip install -r requirements-extra.txt)"
 SPACE = "\u2581"  # how SentencePiece writes a space inside a piece
 # SentencePiece keeps at most this many lines to train on (its own default is all of them, in memory).

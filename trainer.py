@@ -141,9 +141,8 @@ def checkpoint_bytes(args) -> int:
     rather than by building the model, which is slow for a large one.
     """
     C = args.n_embed
-    vocab = tokenizer.AUTO_VOCAB_RANGE[1] if args.vocab_size == "auto" else args.vocab_size  # auto: at most
-    params = (vocab + args.block_size) * C + args.n_layer * (12 * C * C + 13 * C) + 2 * C
-    return 3 * 4 * params + 100 * vocab
+    params = (args.vocab_size + args.block_size) * C + args.n_layer * (12 * C * C + 13 * C) + 2 * C
+    return 3 * 4 * params + 100 * args.vocab_size
 
 
 def check_outputs(args, trains_tokenizer: bool) -> None:

@@ -30,10 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import data  # noqa: E402
 import distributed  # noqa: E402
-import tokenizer  # noqa: E402
 import train_bpe  # noqa: E402
 import trainer  # noqa: E402
-from prepare import DEFAULT_DATA_FILE, RunData  # noqa: E402
+from prepare import RunData  # noqa: E402
 
 DEFAULT_THREADS = torch.get_num_threads()
 
@@ -56,11 +55,9 @@ def time_setting(flags: str, warmup: int, steps: int, out: Path) -> tuple[float,
     words = words[1:] if plain_loss else words
     torch.set_num_threads(threads)
     args, _ = train_bpe.parse_args(["--preset", "cpu", "--out_dir", str(out), *words])
-    vocab = args.vocab_size  # auto: what the bundled corpus gets
-    vocab = tokenizer.auto_vocab_size(DEFAULT_DATA_FILE.stat().st_size) if vocab == "auto" else vocab
-    tokens = np.random.default_rng(0).integers(4, vocab, 400_000).astype(np.int64)
+    tokens = np.random.default_rng(0).integers(4, args.vocab_size, 400_000).astype(np.int64)
     token_data = data.TokenData(tokens, args.block_size)
-    run_data = RunData(FakeTokenizer(vocab), out / "none.json", None, token_data, "", 0)
+    run_data = RunData(FakeTokenizer(args.vocab_size), out / "none.json", None, token_data, "", 0)
     run, state = trainer.setup(args, distributed.World(), run_data)
     state.raw_model.chunked_loss = not plain_loss
     for _ in range(warmup):

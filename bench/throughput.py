@@ -22,9 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import tokenizer  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from prepare import DEFAULT_DATA_FILE  # noqa: E402
 from train_bpe import PRESETS  # noqa: E402
 from trainer import make_optimizer  # noqa: E402
 
@@ -89,8 +87,7 @@ def parse_model(text: str) -> tuple[dict, int]:
 
 
 def main(argv=None) -> int:
-    # the preset's model as the bundled corpus gets it (its vocabulary is "auto": from the corpus size)
-    preset = PRESETS["cpu"] | {"vocab_size": tokenizer.auto_vocab_size(DEFAULT_DATA_FILE.stat().st_size)}
+    preset = PRESETS["cpu"]
     preset_spec = ",".join(str(preset[k]) for k in ("n_layer", "n_embed", "n_head", "block_size", "batch_size", "vocab_size"))
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=f"{preset_spec};6,768,12,256,8,2048",

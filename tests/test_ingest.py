@@ -14,7 +14,7 @@ import token_cache
 import tokenizer
 import train_bpe
 
-from helpers import ROOT, TINY_MODEL_ARGS, TINY_TEXT
+from helpers import TINY_MODEL_ARGS, TINY_TEXT
 
 EOS_ID = 3  # <eos> in the tokenizers we train
 
@@ -449,23 +449,3 @@ def test_in_a_folder_the_tokenizer_never_sees_the_validation_documents(tmp_path)
                            "--tokenizer_path", str(tmp_path / "tok.json")])
     assert code == 0
     assert len(tokenizer.load(tmp_path / "tok.json").encode(" zqxjvkw").ids) > 2
-
-
-def test_auto_vocabulary_is_a_power_of_two_per_256_bytes_within_its_range():
-    assert tokenizer.auto_vocab_size((ROOT / "data" / "input.txt").stat().st_size) == 4096  # tiny Shakespeare
-    assert tokenizer.auto_vocab_size(6_000_000) == 16384  # the Python corpus of bench/RESULTS.md
-    assert tokenizer.auto_vocab_size(10_000) == 1024 and tokenizer.auto_vocab_size(10**12) == 32768
-    for size in (300_000, 2_000_000, 9_999_999):
-        vocab = tokenizer.auto_vocab_size(size)
-        assert vocab & (vocab - 1) == 0 and vocab <= size / 256 < 2 * vocab
-
-
-def test_preset_cpu_picks_its_vocabulary_from_the_corpus(tmp_path, capsys):
-    corpus_file = write(tmp_path / "corpus.txt", TINY_TEXT * 4)  # ~48 KB: the smallest automatic vocabulary
-    code = train_bpe.main(["--preset", "cpu", "--data_file", str(corpus_file), "--out_dir", str(tmp_path / "out"),
-                           "--tokenizer_path", str(tmp_path / "tok.json"), "--n_layer", "1", "--n_embed", "32", "--n_head", "2", "--block_size", "32",
-                           "--max_steps", "1", "--warmup_steps", "0", "--eval_iters", "1", "--max_time", "0"])
-    assert code == 0
-    assert f"vocabulary: 1024 tokens for {corpus_file.stat().st_size:,} bytes of text (--vocab_size auto" \
-        in capsys.readouterr().out
-    assert tokenizer.load(tmp_path / "tok.json").get_vocab_size() <= 1024
