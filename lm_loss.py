@@ -1,7 +1,7 @@
 """The training loss of the output layer, computed in chunks of rows so that the logits never exist whole.
 
 On a CPU the output layer and its cross-entropy dominate a small model's training step. With 8192
-tokens and width 128 (the preset on tiny Shakespeare as it was), one batch has (2048, 8192) logits: the plain path writes them in
+tokens and width 128 (the preset as it was), one batch has (2048, 8192) logits: the plain path writes them in
 bf16, copies them to float32, takes the log-softmax, fills a gradient of the same size and casts it
 back, each pass a trip through main memory (64 MB in float32). That was ~120 of a step's ~200 ms
 (bench/step_time.py). Here each chunk of rows goes through the same arithmetic while its logits are
