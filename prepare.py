@@ -111,6 +111,7 @@ def prepare_data(args, world: distributed.World, resume: resume_.Resume | None =
     # of the tokenizer it saved, then read the same files: that tokenizer and the token cache it built.
     corpus = scan(args) if world.is_main else None
     tok, tok_path = choose_tokenizer(args, corpus, world, resume, start_tok)
+    trained_now = tok_path is None
     if corpus is None:
         corpus = scan(args)
     specials = tokenizer.special_ids(tok)
@@ -133,12 +134,26 @@ def prepare_data(args, world: distributed.World, resume: resume_.Resume | None =
         if tok_path is None:  # inside the block: a tokenizer that cannot be saved leaves the old cache too
             tok_path = save_tokenizer(tok, args)
     print(cache.message())
+    if trained_now:
+        check_tokenizer_text(corpus, token_data)
     if world.is_main:
         world.broadcast(str(tok_path))  # lets the other ranks go
     print(f"tokenizer: {tok.get_vocab_size()} tokens ({tok_path}); dataset: "
           f"{len(token_data.train) + len(token_data.val):,} tokens, "
           f"{len(token_data.train):,} train / {len(token_data.val):,} val")
     return RunData(tok, tok_path, specials, token_data, fingerprint, corpus.total_bytes)
+
+
+def check_tokenizer_text(corpus: data.Corpus, token_data: data.TokenData) -> None:
+    """One line when the text a new tokenizer was trained on reached into the validation split: possible in a
+    folder whose held-out documents take many more bytes per token than the rest (data.tokenizer_text_end)."""
+    if token_data.val_bytes is None:
+        return
+    val_from = corpus.total_bytes - token_data.val_bytes  # where validation starts in the stream, in bytes
+    if data.tokenizer_text_end(corpus) > val_from:
+        print(f"note: the tokenizer was trained on the first {data.tokenizer_text_end(corpus):,} bytes, and validation "
+              f"starts at about byte {val_from:,} (its documents take far more bytes per token than the rest): "
+              f"the validation loss may flatter the model; --tokenizer with one trained on other text avoids it")
 
 
 def save_tokenizer(tok, args) -> Path:

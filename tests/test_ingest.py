@@ -432,7 +432,7 @@ def test_a_new_tokenizer_never_sees_the_validation_text(tmp_path):
     assert len(whole.encode(" zqxjvkw").ids) == 1  # trained on everything, it would have been one token
 
 
-def test_in_a_folder_the_tokenizer_never_sees_the_validation_documents(tmp_path):
+def test_in_a_folder_the_tokenizer_never_sees_the_validation_documents(tmp_path, capsys):
     root = tmp_path / "corpus"
     for i in range(40):
         write(root / f"doc{i:02d}.txt", TINY_TEXT[i * 300 : (i + 1) * 300])
@@ -449,3 +449,23 @@ def test_in_a_folder_the_tokenizer_never_sees_the_validation_documents(tmp_path)
                            "--tokenizer_path", str(tmp_path / "tok.json")])
     assert code == 0
     assert len(tokenizer.load(tmp_path / "tok.json").encode(" zqxjvkw").ids) > 2
+    assert "note: the tokenizer was trained" not in capsys.readouterr().out  # an ordinary folder: no note
+
+
+def test_a_tokenizer_that_reached_into_validation_is_named(tmp_path, capsys):
+    # Validation (the last 10% of the tokens) is mostly long runs of one letter, a few tokens for many bytes:
+    # it starts far before 83% of the bytes, the part the tokenizer reads.
+    rng = np.random.default_rng(0)
+    root = tmp_path / "corpus"
+    names = [f"doc{i:02d}.txt" for i in range(24)]
+    order = [Path(p).name for p, _ in data.stream_order(data.Corpus(root=str(root), files=[str(root / n) for n in names],
+                                                                     sizes=[1] * len(names)))]
+    for name in order[:-3]:
+        write(root / name, " ".join("".join(rng.choice(list("qwertyuiopasdfghjklzxcvbnm"), 5)) for _ in range(200)))
+    for name in order[-3:]:
+        write(root / name, "a" * 20000)
+    code = train_bpe.main(["--data_dir", str(root), "--out_dir", str(tmp_path / "out"), *TINY_MODEL_ARGS,
+                           "--max_steps", "1", "--warmup_steps", "0", "--eval_iters", "1",
+                           "--tokenizer_path", str(tmp_path / "tok.json")])
+    assert code == 0
+    assert "note: the tokenizer was trained on the first" in capsys.readouterr().out
