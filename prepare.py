@@ -150,8 +150,9 @@ def check_tokenizer_text(corpus: data.Corpus, token_data: data.TokenData) -> Non
     if token_data.val_bytes is None:
         return
     val_from = corpus.total_bytes - token_data.val_bytes  # where validation starts in the stream, in bytes
-    if data.tokenizer_text_end(corpus) > val_from:
-        print(f"note: the tokenizer was trained on the first {data.tokenizer_text_end(corpus):,} bytes, and validation "
+    end = data.tokenizer_text_end(corpus)
+    if end > val_from:
+        print(f"note: the tokenizer was trained on the first {end:,} bytes, and validation "
               f"starts at about byte {val_from:,} (its documents take far more bytes per token than the rest): "
               f"the validation loss may flatter the model; --tokenizer with one trained on other text avoids it")
 
