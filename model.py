@@ -115,46 +115,90 @@ def unexportable(config: dict) -> str:
 NORM_EPS = 1e-5  # LayerNorm's and RMSNorm's epsilon: GPT-2's and Llama's layer_norm / rms_norm eps
 
 
+class Linear(nn.Linear):
+    """nn.Linear that sampling on a CPU can give a copy of its matrix split by output columns, one block per
+    thread (`parts`, made by use_decode_layout). BLAS runs a product of a few rows on one core however many
+    threads there are; a batched product over the blocks runs each block on its own core. Each output is
+    still one dot product of a row and a column, so the values stay those of F.linear up to float rounding
+    (equal to the last bit on the CPUs measured). The copy is used only without gradients and only while
+    the weight has not changed since it was made."""
+
+    parts: torch.Tensor | None = None  # (threads, in, ceil(out / threads)); the last block padded with zeros
+    parts_version: int = -1  # the weight's version counter when parts was made
+
+    def forward(self, x):
+        parts = self.parts
+        if parts is None or x.numel() > SPLIT_MAX_ROWS * self.in_features or torch.is_grad_enabled() \
+                or self.weight._version != self.parts_version:
+            return F.linear(x, self.weight, self.bias)
+        rows = x.reshape(1, -1, self.in_features).expand(parts.size(0), -1, -1)  # (threads, rows, in)
+        y = torch.bmm(rows, parts).transpose(0, 1).reshape(*x.shape[:-1], -1)  # (..., threads * block)
+        if y.size(-1) != self.out_features:
+            y = y[..., : self.out_features]
+        return y if self.bias is None else y + self.bias
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm (a gain, never a bias, as Llama), written out as Llama computes it: in float32, then back to
+    the input's type. PyTorch 2.13's CPU version gives the same values but took 1.5x (float32) to 1.9x (bf16
+    autocast) the time of these five operations for forward + backward at the preset's (8, 256, 128)."""
+
+    def forward(self, x):
+        y = x if x.dtype == torch.float32 else x.float()
+        y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps)  # (..., C)
+        return self.weight * (y if x.dtype == torch.float32 else y.to(x.dtype))
+
+
 def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rmsnorm":
-        return nn.RMSNorm(config.n_embed, eps=NORM_EPS)  # a gain, never a bias (as Llama)
+        return RMSNorm(config.n_embed, eps=NORM_EPS)
     return nn.LayerNorm(config.n_embed, eps=NORM_EPS, bias=config.bias)
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout, skipped outright when it would do nothing: sampling calls it nine times per token."""
+    return F.dropout(x, p, training=True) if training and p > 0 else x
+
+
 def rope_tables(config: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of every position's rotation angles: (block_size, head_size / 2) each, in float32.
+    """The tables rotate() turns every position by: (block_size, head_size) each, in float32.
 
     Pair i of a head (dimensions i and i + hs/2, the "rotate half" layout of Hugging Face's Llama, so
-    weights export without permuting) turns by position x theta^(-2i / hs).
+    weights export without permuting) turns by position x theta^(-2i / hs). The tables hold each pair's
+    cos twice, and its sin with the sign the pair's first dimension takes: [-sin, sin].
     """
     hs = config.n_embed // config.n_head
     inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs)  # (hs/2,)
     angles = torch.outer(torch.arange(config.block_size, dtype=torch.float32), inv_freq)  # (block, hs/2)
-    return angles.cos(), angles.sin()
+    return angles.cos().repeat(1, 2), torch.cat([-angles.sin(), angles.sin()], dim=1)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding of (B, nh, T, hs) queries or keys by (T, hs/2) angle tables."""
-    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    """Rotary position embedding of (B, nh, T, hs) queries or keys by (T, hs) tables from rope_tables.
+
+    Each pair (x1, x2) becomes (x1 cos - x2 sin, x2 cos + x1 sin); rolling x by hs/2 puts each pair's
+    partner beside it, so the whole rotation is four tensor operations (a one-token step is bound by
+    their number, not their size), with the same float results as the textbook form."""
+    if cos.dtype != x.dtype:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
 
 
 class KVCache:
     """Keys and values of the tokens seen so far, for every layer: (B, nh, block_size, hs) each."""
 
     def __init__(self, config: GPTConfig, batch_size: int, device, dtype):
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embed // config.n_head)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, config.n_head, config.block_size, config.n_embed // config.n_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.pos = 0  # number of positions filled
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Stores this step's (B, nh, T, hs) keys/values; returns all of them so far."""
         end = self.pos + k.size(2)
-        self.k[layer, :, :, self.pos : end] = k
-        self.v[layer, :, :, self.pos : end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.k[layer].narrow(2, self.pos, k.size(2)).copy_(k)
+        self.v[layer].narrow(2, self.pos, k.size(2)).copy_(v)
+        return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
 
     def reset(self) -> None:
         self.pos = 0
@@ -165,25 +209,24 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         assert config.n_embed % config.n_head == 0
         self.n_head = config.n_head
-        self.c_attn = nn.Linear(config.n_embed, 3 * config.n_embed, bias=config.bias)  # q, k, v at once
-        self.c_proj = nn.Linear(config.n_embed, config.n_embed, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.c_attn = Linear(config.n_embed, 3 * config.n_embed, bias=config.bias)  # q, k, v at once
+        self.c_proj = Linear(config.n_embed, config.n_embed, bias=config.bias)
         self.dropout = config.dropout
+        self.qk_norm = config.qk_norm
         if config.qk_norm:  # one gain per head dimension, shared by the heads (as Qwen3's q_norm / k_norm)
-            self.q_norm = nn.RMSNorm(config.n_embed // config.n_head, eps=NORM_EPS)
-            self.k_norm = nn.RMSNorm(config.n_embed // config.n_head, eps=NORM_EPS)
+            self.q_norm = RMSNorm(config.n_embed // config.n_head, eps=NORM_EPS)
+            self.k_norm = RMSNorm(config.n_embed // config.n_head, eps=NORM_EPS)
 
     def forward(self, x, cache: KVCache | None = None, layer: int = 0, rope=None):
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
-        qkv = self.c_attn(x)  # (B, T, 3C): queries, keys, values
-        qk = qkv[..., : 2 * C].view(B, T, 2 * nh, hs).transpose(1, 2)  # (B, 2nh, T, hs): query heads, key heads
-        v = qkv[..., 2 * C :].view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        if hasattr(self, "q_norm"):
+        qkv = self.c_attn(x).view(B, T, 3 * nh, hs).transpose(1, 2)  # (B, 3nh, T, hs): query, key, value heads
+        qk, v = qkv.split_with_sizes([2 * nh, nh], dim=1)  # (B, 2nh, T, hs), (B, nh, T, hs)
+        if self.qk_norm:
             qk = torch.cat([self.q_norm(qk[:, :nh]), self.k_norm(qk[:, nh:])], dim=1)
         if rope is not None:  # (cos, sin) of this step's positions: the cache's offset is already in them
             qk = rotate(qk, *rope)  # queries and keys in one go: half the calls of a one-token step
-        q, k = qk.split(nh, dim=1)  # (B, nh, T, hs) each
+        q, k = qk.chunk(2, dim=1)  # (B, nh, T, hs) each
         if cache is not None:
             if T > 1 and cache.pos > 0:
                 raise ValueError("a multi-token step must start from an empty cache (prefill)")
@@ -192,8 +235,8 @@ class CausalSelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(
             q, k, v, is_causal=T > 1, dropout_p=self.dropout if self.training else 0.0
         )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return dropout(self.c_proj(y), self.dropout, self.training)
 
 
 class MLP(nn.Module):
@@ -202,10 +245,10 @@ class MLP(nn.Module):
         self.kind = config.mlp
         hidden = config.mlp_hidden
         # SwiGLU's gate and up projections are one matrix (one matmul): rows [:hidden] gate, [hidden:] up.
-        self.c_fc = nn.Linear(config.n_embed, (2 if self.kind == "swiglu" else 1) * hidden, bias=config.bias)
+        self.c_fc = Linear(config.n_embed, (2 if self.kind == "swiglu" else 1) * hidden, bias=config.bias)
         self.gelu = nn.GELU(approximate="tanh")  # GPT-2's "gelu_new"
-        self.c_proj = nn.Linear(hidden, config.n_embed, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.c_proj = Linear(hidden, config.n_embed, bias=config.bias)
+        self.dropout = config.dropout
 
     def forward(self, x):
         h = self.c_fc(x)  # (B, T, hidden) or (B, T, 2 * hidden)
@@ -216,7 +259,7 @@ class MLP(nn.Module):
             h = F.relu(h).square()
         else:
             h = self.gelu(h)
-        return self.dropout(self.c_proj(h))
+        return dropout(self.c_proj(h), self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -242,10 +285,9 @@ class GPT(nn.Module):
         modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embed))
         if config.pos_emb == "learned":
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embed)
-        modules |= dict(drop=nn.Dropout(config.dropout), h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-                        ln_f=make_norm(config))
+        modules |= dict(h=nn.ModuleList(Block(config) for _ in range(config.n_layer)), ln_f=make_norm(config))
         self.transformer = nn.ModuleDict(modules)
-        self.lm_head = nn.Linear(config.n_embed, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embed, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight  # tied input/output embeddings
         if config.pos_emb == "rope":  # derived from the config: not saved in the state dict
@@ -284,10 +326,10 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if self.config.pos_emb == "rope":  # the rotations of positions start .. start + T - 1
-            rope = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, hs/2) each
+            rope = self.rope_cos[start : start + T], self.rope_sin[start : start + T]  # (T, hs) each
         else:
             x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
-        x = self.transformer.drop(x)
+        x = dropout(x, self.config.dropout, self.training)
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache, i, rope)
         if cache is not None:
@@ -353,19 +395,35 @@ class GPT(nn.Module):
                     cache.reset()
 
 
-def use_decode_layout(model: GPT) -> GPT:
-    """Stores the matrix of every Linear layer transposed in memory, for sampling on a CPU; returns model.
+# use_decode_layout splits a matrix across the threads from this size (elements) on: below it the batched
+# product costs more than it saves (bench/sample.py; the crossover was ~2^18 in cache, lower from memory).
+SPLIT_MIN_SIZE = 2**17
+SPLIT_MAX_ROWS = 16  # rows (batch x tokens) up to which the split copy is used: beyond, BLAS uses the threads
 
-    The values do not change, only their order (strides (1, out) instead of (out, 1)). A one-token step
-    multiplies one vector by every matrix, and BLAS streams an (in, out) row-major matrix through that
-    product ~1.6x faster than the usual (out, in) one on the CPUs measured (bench/sample.py): the step is
-    bound by reading the weights. Prefill and batches are matrix products, equally fast either way. A tied
-    output layer shares its matrix with the embedding, whose lookups read the transposed layout too.
+
+def use_decode_layout(model: GPT) -> GPT:
+    """Arranges the weights for sampling on a CPU (fast one-token steps); returns model. Call it once the
+    weights are final: it makes copies of the large matrices, and training afterwards ignores them.
+
+    1. The matrix of every Linear layer is stored transposed in memory. The values do not change, only their
+       order (strides (1, out) instead of (out, 1)). A one-token step multiplies one vector by every matrix,
+       and BLAS streams an (in, out) row-major matrix through that product ~1.3x faster than the usual
+       (out, in) one on the CPUs measured. Prefill and long batches are matrix products, equally fast either
+       way. A tied output layer shares its matrix with the embedding, whose lookups read this layout too.
+    2. With more than one thread, each matrix of at least SPLIT_MIN_SIZE elements also gets a copy split by
+       output columns into one block per thread (Linear.parts): one-token steps then use every core, where
+       BLAS used one. This costs the memory of those matrices once more.
     """
+    threads = torch.get_num_threads()
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Linear):
                 module.weight.data = module.weight.data.t().contiguous().t()  # same Parameter: ties survive
+            if isinstance(module, Linear) and threads > 1 and module.weight.numel() >= SPLIT_MIN_SIZE:
+                block = math.ceil(module.out_features / threads)
+                columns = F.pad(module.weight.t(), (0, threads * block - module.out_features))  # (in, threads * block)
+                module.parts = columns.view(module.in_features, threads, block).transpose(0, 1).contiguous()
+                module.parts_version = module.weight._version
     return model
 
 

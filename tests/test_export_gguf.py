@@ -239,6 +239,7 @@ def test_llama_cpps_rotation_of_the_exported_rows_gives_our_attention_scores(nam
     T, hs = 12, cfg.n_embed // cfg.n_head
     x = torch.randn(T, cfg.n_embed, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     cos, sin = (t[:T].double() for t in rope_tables(cfg))  # the same angles on both sides: only the pairing differs
+    half_cos, half_sin = cos[:, : hs // 2], sin[:, hs // 2 :]  # (T, hs/2): each pair's cos and sin once
 
     def heads(w):  # (T, C) @ (C, nh * hs) -> (nh, T, hs)
         return (x @ w.T).view(T, cfg.n_head, hs).transpose(0, 1)
@@ -246,11 +247,12 @@ def test_llama_cpps_rotation_of_the_exported_rows_gives_our_attention_scores(nam
     q, k, _ = model.transformer.h[0].attn.c_attn.weight.split(cfg.n_embed)
     ours = rotate(heads(q), cos, sin) @ rotate(heads(k), cos, sin).transpose(-1, -2)  # (nh, T, T)
     q_rows, k_rows = written["blk.0.attn_q.weight"], written["blk.0.attn_k.weight"]
-    theirs = ggml_rope(heads(q_rows), cos, sin, mode) @ ggml_rope(heads(k_rows), cos, sin, mode).transpose(-1, -2)
+    theirs = ggml_rope(heads(q_rows), half_cos, half_sin, mode) @ \
+        ggml_rope(heads(k_rows), half_cos, half_sin, mode).transpose(-1, -2)
     torch.testing.assert_close(theirs, ours, rtol=1e-12, atol=1e-12)
     other = "neox" if mode == "norm" else "norm"  # and the other pairing would not do
-    assert not torch.allclose(ggml_rope(heads(q_rows), cos, sin, other) @
-                              ggml_rope(heads(k_rows), cos, sin, other).transpose(-1, -2), ours, atol=1e-3)
+    assert not torch.allclose(ggml_rope(heads(q_rows), half_cos, half_sin, other) @
+                              ggml_rope(heads(k_rows), half_cos, half_sin, other).transpose(-1, -2), ours, atol=1e-3)
 
 
 # --------------------------------------------------------------------------- refusals and failures
@@ -419,9 +421,9 @@ class GgmlGelu(nn.Module):
 
 
 def ggml_rope_tables(config: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin (float64) of the angles ggml's CPU rope turns by: theta_scale = freq_base^(-2/n_dims) and each
-    pair's angle the previous one's times theta_scale, rounded to float32 at every step (ggml/src/ggml-cpu/ops.cpp,
-    ggml_rope_cache_init); our rope_tables raises theta to each power directly."""
+    """rope_tables' cos and signed sin (float64) of the angles ggml's CPU rope turns by: theta_scale =
+    freq_base^(-2/n_dims) and each pair's angle the previous one's times theta_scale, rounded to float32 at every
+    step (ggml/src/ggml-cpu/ops.cpp, ggml_rope_cache_init); our rope_tables raises theta to each power directly."""
     hs = config.n_embed // config.n_head
     scale = np.float32(config.rope_theta) ** np.float32(-2.0 / hs)
     angles = np.empty((config.block_size, hs // 2), dtype=np.float32)
@@ -430,7 +432,7 @@ def ggml_rope_tables(config: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
         angles[:, i] = theta
         theta = theta * scale  # float32 times float32: rounded to float32
     angles = torch.from_numpy(angles).double()
-    return angles.cos(), angles.sin()
+    return angles.cos().repeat(1, 2), torch.cat([-angles.sin(), angles.sin()], dim=1)  # rope_tables' layout
 
 
 def as_ggml_computes(model: GPT) -> GPT:

@@ -9,7 +9,7 @@ import torch
 
 import export_hf
 from checkpoint import model_config
-from model import GPT, GPTConfig, rope_tables, rotate
+from model import GPT, GPTConfig, RMSNorm, rope_tables, rotate
 
 SIZES = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embed=32, dropout=0.0)
 LLAMA = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False)
@@ -71,6 +71,33 @@ def test_rotary_attention_scores_depend_only_on_the_distance():
     assert not torch.isclose(score(9, 2), score(9, 3))
     # A rotation keeps lengths.
     torch.testing.assert_close(rotate(q, cos[20:21], sin[20:21]).norm(), q.norm())
+
+
+def test_rotation_is_the_textbook_pairwise_rotation():
+    cfg = GPTConfig(**{**SIZES, "block_size": 64}, pos_emb="rope")
+    cos, sin = rope_tables(cfg)  # (64, 16) each
+    x = torch.randn(2, 3, 64, 16, generator=torch.Generator().manual_seed(4))
+    x1, x2 = x.chunk(2, dim=-1)
+    angle_cos, angle_sin = cos[:, :8], sin[:, 8:]  # each pair's cos and sin
+    textbook = torch.cat([x1 * angle_cos - x2 * angle_sin, x2 * angle_cos + x1 * angle_sin], dim=-1)
+    # The same products and sums, one of them of a negated operand: equal to the last bit.
+    assert torch.equal(rotate(x, cos, sin), textbook)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_computes_what_torchs_rmsnorm_computes(dtype):
+    ours, torchs = RMSNorm(48, eps=1e-5), torch.nn.RMSNorm(48, eps=1e-5)
+    with torch.no_grad():
+        ours.weight.normal_(generator=torch.Generator().manual_seed(1))
+        torchs.weight.copy_(ours.weight)
+    ours, torchs = ours.to(dtype), torchs.to(dtype)  # a model converted as a whole, as sampling in bf16 does
+    x = (3 * torch.randn(4, 7, 48, generator=torch.Generator().manual_seed(2))).to(dtype)
+    a, b = ours(x), torchs(x)
+    assert a.dtype == b.dtype
+    # One rounding to the input's type at most apart (torch's kernel may round at another step).
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(a.float(), b.float(), rtol=2 * eps, atol=2 * eps * b.float().abs().max().item())
+    assert ours.state_dict().keys() == torchs.state_dict().keys()
 
 
 def test_configs_saved_before_the_layout_fields_build_gpt2():

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import model as model_module
 from model import GPT, GPTConfig, KVCache, sample_next, use_decode_layout
 
 TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embed=32, dropout=0.0)
@@ -142,3 +143,49 @@ def test_decode_layout_changes_memory_order_only(layout):
     assert (a - b).abs().max() <= 16 * torch.finfo(torch.float32).eps * a.abs().max() * 32 ** 0.5
     greedy = [torch.stack(list(m.generate(prompt, 20, temperature=0.0)), 1) for m in (usual, decode)]
     assert torch.equal(*greedy)
+
+
+@pytest.fixture
+def three_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)  # 3 does not divide the widths below: the last block is padded
+    yield
+    torch.set_num_threads(before)
+
+
+def test_split_matrices_give_the_same_samples_and_follow_training(monkeypatch, three_threads):
+    monkeypatch.setattr(model_module, "SPLIT_MIN_SIZE", 0)  # split every matrix of this tiny model
+    config = GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embed=32, dropout=0.0, pos_emb="rope",
+                       norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False)
+    usual, split = make_model(seed=4, config=config), use_decode_layout(make_model(seed=4, config=config))
+    assert split.lm_head.parts.shape == (3, 32, 22)  # (threads, in, ceil(64 / 3))
+    assert all(torch.equal(a, b) for a, b in zip(usual.state_dict().values(), split.state_dict().values()))
+    prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(5))
+    greedy = [torch.stack(list(m.generate(prompt, 20, temperature=0.0)), 1) for m in (usual, split)]
+    assert torch.equal(*greedy)  # a batch of 2: 2 rows, then 10 at the prefill, both through the split copy
+    with torch.inference_mode():
+        x = torch.randn(1, 1, 32)
+        # the same dot products, only another summation order at most: a few eps of the output's scale
+        torch.testing.assert_close(split.lm_head(x), usual.lm_head(x), rtol=0, atol=1e-5)
+    # Training ignores the copies: gradients reach the weights, and a changed weight is used as it is.
+    split.train()
+    _, loss = split(prompt, prompt)
+    loss.backward()
+    assert split.lm_head.weight.grad is not None and split.lm_head.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        split.lm_head.weight.mul_(2)
+        usual.lm_head.weight.mul_(2)
+    split.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(split.lm_head(x), usual.lm_head(x), rtol=0, atol=1e-5)
+
+
+def test_one_thread_makes_no_split_copies(monkeypatch):
+    monkeypatch.setattr(model_module, "SPLIT_MIN_SIZE", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = use_decode_layout(make_model())
+    finally:
+        torch.set_num_threads(before)
+    assert model.lm_head.parts is None
