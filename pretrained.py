@@ -295,4 +295,5 @@ def initial_weights(source: Source, block_size: int) -> dict:
 
 def config_for(source: Source, args) -> GPTConfig:
     """The model of a run that starts from source: its shape, this run's context and dropout."""
-    return GPTConfig(**{**asdict(source.config), "block_size": args.block_size, "dropout": args.dropout})
+    return GPTConfig(**{**asdict(source.config), "block_size": args.block_size, "dropout": args.dropout,
+                        "attn_dropout": args.attn_dropout})

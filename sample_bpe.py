@@ -156,7 +156,7 @@ def run(args) -> int:
     device = cli.resolve_device(args.device)
     model, tok, specials, _ = load_model(args.ckpt, device)
     if device.type == "cpu":
-        use_decode_layout(model)  # one-token steps read the weights faster (model.py says why)
+        use_decode_layout(model)  # one-token steps read the weights faster and use every core (model.py)
     sampler = Sampler(model, tok, specials)
     settings = settings_from(args)
     if args.interactive:

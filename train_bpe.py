@@ -106,6 +106,8 @@ FLAGS: list[tuple[str, list[tuple[str, dict]]]] = [
         ("--n_embed", dict(type=bounded_int(1, MAX_WIDTH), default=384, help="width of the residual stream")),
         ("--block_size", dict(type=bounded_int(1, MAX_CONTEXT), default=256, help="context length in tokens")),
         ("--dropout", dict(type=finite_float, default=0.1, help="dropout probability (0 disables it)")),
+        ("--attn_dropout", dict(type=finite_float, help="dropout on the attention weights (default: --dropout's, as "
+                                "GPT-2); 0 keeps a CPU step fast: attention dropout costs SDPA its fused kernel")),
         ("--init_from", dict(metavar="SOURCE",
                              help="start from existing weights and fine-tune them on the corpus: one of our .pt "
                                   "checkpoints, a Hugging Face GPT-2 folder, or a hub name (gpt2, distilgpt2, ...; "
@@ -240,8 +242,10 @@ def check_args(args) -> str | None:
         return f"--n_embed {args.n_embed} is not divisible by --n_head {args.n_head}"
     if args.cache_dir is not None and args.cache_dir.exists() and not args.cache_dir.is_dir():
         return f"--cache_dir {args.cache_dir} is a file: pass a folder (it is created if missing)"
-    if not 0 <= args.dropout < 1:
-        return f"--dropout must be in [0, 1), got {args.dropout}"
+    for name in ("dropout", "attn_dropout"):
+        value = getattr(args, name)
+        if value is not None and not 0 <= value < 1:
+            return f"--{name} must be in [0, 1), got {value}"
     for name in ("lr", "muon_lr"):
         if not 0 < getattr(args, name) <= 10:
             return f"--{name} must be a positive number up to 10, got {getattr(args, name)}"

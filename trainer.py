@@ -173,7 +173,8 @@ def setup(args, world: distributed.World, run_data: RunData, resume: resume_.Res
         config = pretrained.config_for(source, args)
     else:
         config = GPTConfig(**layout(args), vocab_size=run_data.tok.get_vocab_size(), block_size=args.block_size,
-                           n_layer=args.n_layer, n_head=args.n_head, n_embed=args.n_embed, dropout=args.dropout)
+                           n_layer=args.n_layer, n_head=args.n_head, n_embed=args.n_embed, dropout=args.dropout,
+                           attn_dropout=args.attn_dropout)
     raw_model = GPT(config)
     if source is not None:
         raw_model.load_state_dict(pretrained.initial_weights(source, args.block_size))

@@ -100,6 +100,20 @@ def test_rmsnorm_computes_what_torchs_rmsnorm_computes(dtype):
     assert ours.state_dict().keys() == torchs.state_dict().keys()
 
 
+@pytest.mark.parametrize("attn_dropout, expected", [(None, 0.2), (0.0, 0.0), (0.1, 0.1)])
+def test_attention_dropout_defaults_to_dropout_and_can_differ(monkeypatch, attn_dropout, expected):
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: seen.append(kw["dropout_p"]) or sdpa(*a, **kw))
+    model = GPT(GPTConfig(**{**SIZES, "dropout": 0.2, "attn_dropout": attn_dropout}))
+    model(torch.zeros(1, 8, dtype=torch.long))
+    model.eval()(torch.zeros(1, 8, dtype=torch.long))
+    assert seen == [expected] * 2 + [0.0] * 2  # two layers in training, then two at evaluation
+    with pytest.raises(ValueError, match="attn_dropout"):
+        GPTConfig(**{**SIZES, "attn_dropout": 1.0}).check()
+
+
 def test_configs_saved_before_the_layout_fields_build_gpt2():
     old = {"vocab_size": 64, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embed": 32, "dropout": 0.0,
            "bias": True}
