@@ -129,7 +129,7 @@ def main(argv=None) -> int:
         if device.type == "cpu" and bf16_supported(device):
             bf16 = GPT(cfg).to(device).eval()
             bf16.load_state_dict(model.state_dict())
-            bf16 = bf16.to(torch.bfloat16)
+            bf16 = use_decode_layout(bf16.to(torch.bfloat16))
             rows["bf16"] = lambda: ours(bf16, prompt, args.new_tokens)
             names["bf16"] = "ours, KV cache, bf16 weights, batch 1"
         usual = GPT(cfg).to(device).eval()  # the weights in the layout training uses
