@@ -130,18 +130,24 @@ class Linear(nn.Linear):
     the weight has not changed since it was made."""
 
     parts: torch.Tensor | None = None  # (threads, in, ceil(out / threads)); the last block padded with zeros
-    parts_version: int = -1  # the weight's version counter when parts was made
+    parts_version: int = -1  # version(weight) when parts was made
 
     def forward(self, x):
         parts = self.parts
         if parts is None or x.numel() > SPLIT_MAX_ROWS * self.in_features or torch.is_grad_enabled() \
-                or self.weight._version != self.parts_version:
+                or version(self.weight) != self.parts_version:
             return F.linear(x, self.weight, self.bias)
         rows = x.reshape(1, -1, self.in_features).expand(parts.size(0), -1, -1)  # (threads, rows, in)
         y = torch.bmm(rows, parts).transpose(0, 1).reshape(*x.shape[:-1], -1)  # (..., threads * block)
         if y.size(-1) != self.out_features:
             y = y[..., : self.out_features]
         return y if self.bias is None else y + self.bias
+
+
+def version(tensor: torch.Tensor) -> int:
+    """The tensor's version counter (in-place changes so far); 0 for one made under torch.inference_mode,
+    which counts none (sample_bpe.py loads and samples under it)."""
+    return 0 if tensor.is_inference() else tensor._version
 
 
 class RMSNorm(nn.RMSNorm):
@@ -430,7 +436,7 @@ def use_decode_layout(model: GPT) -> GPT:
                 block = math.ceil(module.out_features / threads)
                 columns = F.pad(module.weight.t(), (0, threads * block - module.out_features))  # (in, threads * block)
                 module.parts = columns.view(module.in_features, threads, block).transpose(0, 1).contiguous()
-                module.parts_version = module.weight._version
+                module.parts_version = version(module.weight)
     return model
 
 

@@ -180,6 +180,17 @@ def test_split_matrices_give_the_same_samples_and_follow_training(monkeypatch, t
         torch.testing.assert_close(split.lm_head(x), usual.lm_head(x), rtol=0, atol=1e-5)
 
 
+def test_split_copies_of_weights_loaded_under_inference_mode(monkeypatch, three_threads):
+    monkeypatch.setattr(model_module, "SPLIT_MIN_SIZE", 0)
+    prompt = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(5))
+    usual = make_model(seed=4)
+    with torch.inference_mode():  # as sample_bpe.py loads and samples: the weights are inference tensors
+        split = use_decode_layout(make_model(seed=4))
+        assert split.lm_head.parts is not None and split.lm_head.weight.is_inference()
+        tokens = torch.stack(list(split.generate(prompt, 12, temperature=0.0)), 1)
+    assert torch.equal(tokens, torch.stack(list(usual.generate(prompt, 12, temperature=0.0)), 1))
+
+
 def test_one_thread_makes_no_split_copies(monkeypatch):
     monkeypatch.setattr(model_module, "SPLIT_MIN_SIZE", 0)
     before = torch.get_num_threads()

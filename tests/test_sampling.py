@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import model as model_module
 import sample_bpe
 import trainer
 from checkpoint import load_model
@@ -136,6 +137,20 @@ def test_a_batch_of_samples_equals_the_samples_drawn_one_by_one(tiny_run, capsys
     alone = [sample(capsys, ckpt, *args, "--seed", str(7 + i)) for i in range(3)]
     assert len(batch) == 3 and len(set(batch)) == 3  # three different samples
     assert [b.rstrip("\n") for b in batch] == [a.rstrip("\n") for a in alone]
+
+
+def test_matrices_split_across_threads_sample_the_same_text(tiny_run, capsys, monkeypatch):
+    ckpt = tiny_run / trainer.BEST_NAME
+    args = ["--prompt", "JULIET:", "--max_new_tokens", "30", "--seed", "3"]
+    monkeypatch.setattr(model_module, "SPLIT_MIN_SIZE", 10**12)  # no matrix is split
+    whole = sample(capsys, ckpt, *args)
+    monkeypatch.setattr(model_module, "SPLIT_MIN_SIZE", 0)  # every matrix is, into one block per thread
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert sample(capsys, ckpt, *args) == whole
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_prompt_file_is_the_prompt(tiny_run, tmp_path, capsys):
