@@ -97,7 +97,7 @@ def gpt2_config(config: dict, specials: tokenizer.SpecialIds) -> dict:
         "layer_norm_epsilon": model.NORM_EPS,
         "resid_pdrop": config["dropout"],
         "embd_pdrop": config["dropout"],
-        "attn_pdrop": config["dropout"] if config.get("attn_dropout") is None else config["attn_dropout"],
+        "attn_pdrop": model.GPTConfig(**config).attention_dropout,
         "scale_attn_weights": True,  # 1/sqrt(head size), as scaled_dot_product_attention
         "tie_word_embeddings": True,
         "initializer_range": 0.02,

@@ -21,7 +21,7 @@ import tokenizer
 import train_bpe
 import trainer
 from checkpoint import load_checkpoint, load_model, save_checkpoint
-from model import GPT, GPTConfig, rope_tables, rotate
+from model import GPT, GPTConfig, rope_tables, rotate, rotation_tables
 
 from helpers import TINY_TEXT
 
@@ -431,8 +431,7 @@ def ggml_rope_tables(config: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
     for i in range(hs // 2):
         angles[:, i] = theta
         theta = theta * scale  # float32 times float32: rounded to float32
-    angles = torch.from_numpy(angles).double()
-    return angles.cos().repeat(1, 2), torch.cat([-angles.sin(), angles.sin()], dim=1)  # rope_tables' layout
+    return rotation_tables(torch.from_numpy(angles).double())
 
 
 def as_ggml_computes(model: GPT) -> GPT:
