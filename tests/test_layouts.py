@@ -9,7 +9,7 @@ import torch
 
 import export_hf
 from checkpoint import model_config
-from model import GPT, GPTConfig, RMSNorm, rope_tables, rotate
+from model import GPT, GPTConfig, KVCache, RMSNorm, rope_tables, rotate
 
 SIZES = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embed=32, dropout=0.0)
 LLAMA = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False)
@@ -47,14 +47,30 @@ def test_cached_generation_equals_recomputing_every_step(name):
 def test_one_token_steps_give_the_logits_of_the_whole_sequence(name):
     """The logits of token t fed alone after t cached tokens equal those of position t in one forward pass:
     the rotation uses the cache's offset, not position 0."""
-    from model import KVCache
-
     model = make_model(LAYOUTS[name])
     idx = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(2))
     full, _ = model(idx)
     cache = KVCache(model.config, 1, "cpu", torch.float32)
     steps = [model(idx[:, :4], cache=cache)[0]] + [model(idx[:, t : t + 1], cache=cache)[0] for t in range(4, 12)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_decode_gives_the_logits_of_forward(name):
+    """GPT.decode, which generate() runs every step through, is forward without the module machinery: a prefill
+    and then one token at a time give, at every position, the logits of one forward pass over the sequence.
+    It computes as in eval mode even on a model left in training mode with dropout."""
+    model = GPT(GPTConfig(**{**SIZES, "dropout": 0.3}, **LAYOUTS[name]))
+    model.load_state_dict(make_model(LAYOUTS[name]).state_dict())
+    idx = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full, _ = model.eval()(idx)
+        model.train()
+        cache = KVCache(model.config, 2, "cpu", torch.float32)
+        steps = [model.decode(idx[:, :4], cache)] + [model.decode(idx[:, t : t + 1], cache) for t in range(4, 12)]
+    # the same operations on the same numbers: equal but for summation orders of one-row products
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.pos == 12
 
 
 def test_rotary_attention_scores_depend_only_on_the_distance():

@@ -107,16 +107,16 @@ def test_stop_at_eos_still_works(tiny_run, capsys, monkeypatch):
     def eos_after_three(*args, **kwargs):  # a model that ends its text after three tokens
         model, tok, specials, state = model_forward(*args, **kwargs)
         calls = {"n": 0}
-        real = model.forward
+        real = model.decode  # what generate calls for every step with the cache
 
-        def forward(idx, targets=None, cache=None):
-            logits, loss = real(idx, targets, cache)
+        def decode(idx, cache):
+            logits = real(idx, cache)
             calls["n"] += 1
             if calls["n"] == 4:
                 logits[:, -1, specials.eos] = 1e4
-            return logits, loss
+            return logits
 
-        model.forward = forward
+        model.decode = decode
         return model, tok, specials, state
 
     monkeypatch.setattr(sample_bpe, "load_model", eos_after_three)
