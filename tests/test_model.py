@@ -146,14 +146,15 @@ def test_decode_layout_changes_memory_order_only(layout):
 
 
 @pytest.fixture
-def three_threads():
+def set_threads():
+    """torch.set_num_threads for one test: the count before it is restored afterwards."""
     before = torch.get_num_threads()
-    torch.set_num_threads(3)  # 3 does not divide the widths below: the last block is padded
-    yield
+    yield torch.set_num_threads
     torch.set_num_threads(before)
 
 
-def test_split_matrices_give_the_same_samples_and_follow_training(monkeypatch, three_threads):
+def test_split_matrices_give_the_same_samples_and_follow_training(monkeypatch, set_threads):
+    set_threads(3)  # 3 does not divide the widths below: the last block is padded
     monkeypatch.setattr(model_module, "SPLIT_MIN_SIZE", 0)  # split every matrix of this tiny model
     config = GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embed=32, dropout=0.0, pos_emb="rope",
                        norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False)
@@ -180,7 +181,8 @@ def test_split_matrices_give_the_same_samples_and_follow_training(monkeypatch, t
         torch.testing.assert_close(split.lm_head(x), usual.lm_head(x), rtol=0, atol=1e-5)
 
 
-def test_split_copies_of_weights_loaded_under_inference_mode(monkeypatch, three_threads):
+def test_split_copies_of_weights_loaded_under_inference_mode(monkeypatch, set_threads):
+    set_threads(3)
     monkeypatch.setattr(model_module, "SPLIT_MIN_SIZE", 0)
     prompt = torch.randint(0, 64, (1, 5), generator=torch.Generator().manual_seed(5))
     usual = make_model(seed=4)
@@ -191,12 +193,7 @@ def test_split_copies_of_weights_loaded_under_inference_mode(monkeypatch, three_
     assert torch.equal(tokens, torch.stack(list(usual.generate(prompt, 12, temperature=0.0)), 1))
 
 
-def test_one_thread_makes_no_split_copies(monkeypatch):
+def test_one_thread_makes_no_split_copies(monkeypatch, set_threads):
+    set_threads(1)
     monkeypatch.setattr(model_module, "SPLIT_MIN_SIZE", 0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model = use_decode_layout(make_model())
-    finally:
-        torch.set_num_threads(before)
-    assert model.lm_head.parts is None
+    assert use_decode_layout(make_model()).lm_head.parts is None
