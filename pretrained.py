@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+import schedule
 import tokenizer
 from checkpoint import CheckpointError, embedded_tokenizer, load_checkpoint, model_config
 from model import GPT, LAYOUT_FIELDS, GPTConfig
@@ -268,8 +269,8 @@ def merged_flags(args: argparse.Namespace, typed: dict, source: Source) -> tuple
         else:
             block = args.block_size
     defaults = {k: v for k, v in FINETUNE_DEFAULTS.items() if k not in typed}
-    if "warmup_steps" in defaults:  # a short run (--max_steps 30) gets a warmup that fits in it
-        defaults["warmup_steps"] = min(defaults["warmup_steps"], args.max_steps // 10)
+    if "warmup_steps" in defaults:
+        defaults["warmup_steps"] = schedule.fitted_warmup(defaults["warmup_steps"], args.max_steps)
     merged = argparse.Namespace(**{**vars(args), **defaults, **own, **layout, "block_size": block, "tokenizer": None,
                                    "tokenizer_type": tokenizer.kind(source.tok), "tokenizer_path": source.tok_path})
     notes = [f"init_from: {source.describe()}"]

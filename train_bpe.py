@@ -143,7 +143,8 @@ FLAGS: list[tuple[str, list[tuple[str, dict]]]] = [
                                  "on time); the run stops at whichever of --max_steps and --max_time comes "
                                  "first; 0 = off (default: off)")),
         ("--warmup_steps", dict(type=bounded_int(0, MAX_COUNT), default=200,
-                                help="linear LR warmup steps (with --use_cosine)")),
+                                help="linear LR warmup steps (with --use_cosine); when not typed, at most a "
+                                     "tenth of --max_steps")),
         ("--lr", dict(type=finite_float, default=1e-3, help="peak learning rate")),
         ("--min_lr_factor", dict(type=finite_float, default=0.1, help="final LR as a fraction of --lr (cosine)")),
         ("--optimizer", dict(choices=("adamw", "muon"), default="adamw",
@@ -231,6 +232,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
         parser.error("--resume and --init_from cannot be used together: --resume continues a run exactly, "
                      "--init_from starts a new run from existing weights")
     args = argparse.Namespace(**(defaults(parser, typed.get("preset")) | typed))
+    if "warmup_steps" not in typed and "resume" not in typed:  # a resumed run keeps its own schedule
+        args.warmup_steps = schedule.fitted_warmup(args.warmup_steps, args.max_steps)
     if "resume" not in typed and "init_from" not in typed:  # those are checked once the source's flags are in
         problem = check_args(args)
         if problem:
@@ -365,6 +368,7 @@ def plot_only(metrics_path: Path) -> int:
     """--plot_only: redraws loss.png beside a metrics file."""
     png = metrics_path.with_name(metrics.PLOT_NAME)
     try:
+        metrics.read_metrics(metrics_path)  # a bad path is named before a missing extra is
         if not metrics.have_matplotlib():
             raise metrics.MetricsError(f"--plot_only needs matplotlib: {metrics.PLOT_HINT}")
         print(f"loss plot: {metrics.plot_metrics(metrics_path, png)}")

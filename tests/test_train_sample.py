@@ -1,5 +1,6 @@
 from dataclasses import asdict
 
+import pytest
 import torch
 from tokenizers import Tokenizer
 
@@ -94,6 +95,20 @@ def test_preset_values_yield_to_explicit_flags():
     assert args.n_layer == 3 and args.n_embed == train_bpe.PRESETS["cpu"]["n_embed"]
     assert typed == {"preset": "cpu", "n_layer": 3}
     assert train_bpe.parse_args([])[0].n_embed == 384  # the GPU defaults without a preset
+
+
+def test_a_short_run_fits_the_default_warmup_and_a_typed_one_is_kept(capsys):
+    def warmup(*argv):
+        return train_bpe.parse_args(list(argv))[0].warmup_steps
+
+    assert warmup("--max_steps", "60") == 6  # the default 200 would be refused: longer than the run
+    assert warmup("--max_steps", "300") == 30
+    assert warmup() == 200  # --max_steps 5000: the default as it is
+    assert warmup("--preset", "cpu", "--max_steps", "50") == 5
+    assert warmup("--max_steps", "60", "--warmup_steps", "40") == 40
+    with pytest.raises(SystemExit) as exc:
+        warmup("--max_steps", "60", "--warmup_steps", "70")
+    assert exc.value.code == 2 and "--warmup_steps 70 must be between 0 and --max_steps 60" in capsys.readouterr().err
 
 
 def test_run_log_shows_config_device_params_and_effective_batch(tiny_file, tmp_path, capsys):
