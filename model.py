@@ -305,6 +305,7 @@ class GPT(nn.Module):
         config.check()
         self.config = config
         self.chunked_loss = True  # training loss on a CPU through lm_loss (False: the plain path, to compare)
+        self.dropout = config.dropout  # on the embeddings; set_dropout turns this and the blocks' off and on
         modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embed))
         if config.pos_emb == "learned":
             modules["wpe"] = nn.Embedding(config.block_size, config.n_embed)
@@ -326,6 +327,14 @@ class GPT(nn.Module):
                 else:
                     nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
+    def set_dropout(self, on: bool) -> None:
+        """Turns the config's dropout (embeddings, residual branches, attention weights) on or off for the
+        training steps that follow; the config itself, which checkpoints save, keeps its values."""
+        p, attention = (self.config.dropout, self.config.attention_dropout) if on else (0.0, 0.0)
+        self.dropout = p
+        for block in self.transformer.h:
+            block.attn.dropout, block.attn.attn_dropout, block.mlp.dropout = p, attention, p
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -344,7 +353,7 @@ class GPT(nn.Module):
         loss is computed in chunks without the whole logits, much faster there (lm_loss.py)."""
         B, T = idx.shape
         x, rope = self.embed(idx, cache)
-        x = dropout(x, self.config.dropout, self.training)
+        x = dropout(x, self.dropout, self.training)
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache, i, rope)
         if cache is not None:

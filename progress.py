@@ -92,7 +92,8 @@ def note_small_corpus(model, run_data, best_name: str) -> None:
     print(f"note: {tokens:,} training tokens for {params / 1e6:.2f}M parameters ({tokens / params:.2f} per "
           f"parameter) is a small corpus for this model: after a few passes it starts to memorise the text "
           f"(validation loss rises; {best_name} keeps the best point). More text, a smaller model (--n_layer, "
-          f"--n_embed), --dropout 0.1-0.3 (--attn_dropout 0 keeps CPU steps fast) or --early_stop help")
+          f"--n_embed), --dropout 0.1-0.3 (--dropout_after N starts it after N passes; --attn_dropout 0 keeps "
+          f"CPU steps fast) or --early_stop help")
 
 
 def note_memorising(run: Run, state: TrainState, train: float, val: float) -> None:

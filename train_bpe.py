@@ -14,6 +14,7 @@ if __name__ == "__main__":  # Ctrl-C while the imports below load (a second or t
     signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
 
 import argparse
+import math
 import textwrap
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from stopping import GracefulStop, StopNow, TrainingDiverged
 # attn_dropout 0: a --dropout given with the preset acts on the residual stream only, which keeps a CPU step
 # fast (attention dropout costs SDPA its fused kernel: ~1.7x the step) and scored better at 600 s on
 # Shakespeare (2.174 against 2.201 with dropout 0.2; "Quality per second IV").
-# Any flag given explicitly overrides its preset value.
+# Any flag given explicitly overrides its preset value, and its budget row's.
 PRESETS = {
     "cpu": dict(
         vocab_size=4096, n_layer=4, n_head=4, n_embed=128, block_size=256, dropout=0.0,
@@ -53,6 +54,20 @@ PRESETS = {
         lr_schedule="wsd", min_lr_factor=0.0, optimizer="muon", cpu_bf16=True, eval_interval=250, eval_iters=20,
         use_cosine=True, attn_dropout=0.0,
     ),
+}
+
+# A preset's rows for longer time budgets: (from this --max_time on, these values), in increasing order; no
+# --max_time (0) takes every row. In 134 s on this CPU the preset passes over a corpus the size of tiny
+# Shakespeare about 7 times; beyond that the 4 x 128 model memorises it (2.166 bits/byte at 134 s, 2.317 at
+# 300 s, 2.530 at 600 s). Dropout 0.3 and weight decay 0.3 from the start held it off at
+# 600 s (2.132) but cost the 6 MB Python corpus 0.11 (1.937 against 1.829), which makes fewer than 7
+# passes. Dropout that starts after 7 passes (--dropout_after) with weight decay 0.3 keeps both: Shakespeare
+# 2.168 at 300 s and 2.120 at 600 s; Python 1.561 at 600 s, where dropout never starts and the higher decay
+# alone gains 0.27. Not below 300 s: dropout switched on in the last steps of a 134 s run, during the
+# warmdown, cost one seed 0.03.
+# bench/RESULTS.md, "Quality per second VI".
+PRESET_BUDGETS = {
+    "cpu": [(300.0, dict(dropout=0.3, weight_decay=0.3, dropout_after=7.0))],
 }
 
 EXAMPLES = """examples:
@@ -111,6 +126,10 @@ FLAGS: list[tuple[str, list[tuple[str, dict]]]] = [
         ("--dropout", dict(type=finite_float, default=0.1, help="dropout probability (0 disables it)")),
         ("--attn_dropout", dict(type=finite_float, help="dropout on the attention weights (default: --dropout's, as "
                                 "GPT-2); 0 keeps a CPU step fast: attention dropout costs SDPA its fused kernel")),
+        ("--dropout_after", dict(type=finite_float, default=0.0, metavar="PASSES",
+                                 help="train without dropout for this many passes over the training tokens, "
+                                      "then with it (0: from the start); a model memorises only after several "
+                                      "passes, and dropout before that only slows it down")),
         ("--init_from", dict(metavar="SOURCE",
                              help="start from existing weights and fine-tune them on the corpus: one of our .pt "
                                   "checkpoints, a Hugging Face GPT-2 folder, or a hub name (gpt2, distilgpt2, ...; "
@@ -217,9 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def defaults(parser: argparse.ArgumentParser, preset: str | None) -> dict:
-    """Every flag's default value, a preset's values on top."""
-    return {d: parser.get_default(d) for d in DESTS} | (PRESETS[preset] if preset else {})
+def defaults(parser: argparse.ArgumentParser, preset: str | None, max_time: float | None = None) -> dict:
+    """Every flag's default value, a preset's values on top, then its row for a longer --max_time (None:
+    the preset's own budget; 0 or less: no time limit)."""
+    values = {d: parser.get_default(d) for d in DESTS}
+    if not preset:
+        return values
+    values |= PRESETS[preset]
+    budget = values["max_time"] if max_time is None else (max_time if max_time > 0 else math.inf)
+    for from_seconds, row in PRESET_BUDGETS[preset]:
+        if budget >= from_seconds:
+            values |= row
+    return values
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
@@ -231,7 +259,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
     if "resume" in typed and "init_from" in typed:
         parser.error("--resume and --init_from cannot be used together: --resume continues a run exactly, "
                      "--init_from starts a new run from existing weights")
-    args = argparse.Namespace(**(defaults(parser, typed.get("preset")) | typed))
+    budget = (typed["max_time"] or 0) if "max_time" in typed else None  # a typed 0 (None) is no limit
+    args = argparse.Namespace(**(defaults(parser, typed.get("preset"), budget) | typed))
     if "warmup_steps" not in typed and "resume" not in typed:  # a resumed run keeps its own schedule
         args.warmup_steps = schedule.fitted_warmup(args.warmup_steps, args.max_steps)
     if "resume" not in typed and "init_from" not in typed:  # those are checked once the source's flags are in
@@ -261,7 +290,7 @@ def check_args(args) -> str | None:
         return f"--warmdown_fraction must be in (0, 1], got {args.warmdown_fraction}"
     if not 0 <= args.min_lr_factor <= 1:
         return f"--min_lr_factor must be in [0, 1], got {args.min_lr_factor}"
-    for name in ("weight_decay", "grad_clip"):
+    for name in ("weight_decay", "grad_clip", "dropout_after"):
         if getattr(args, name) < 0:
             return f"--{name} must not be negative, got {getattr(args, name)}"
     if args.lr * args.weight_decay >= 1:  # decoupled decay multiplies every weight by 1 - lr * weight_decay

@@ -38,7 +38,7 @@ from evaluate import estimate_loss
 from files import OutputError, check_file_target, check_free_space, check_writable, remove_stale_temps
 from model import GPT, LAYOUT_FIELDS, GPTConfig
 from prepare import RunData
-from progress import draw_plot, note_memorising, note_small_corpus, progress_bar, progress_fields, report
+from progress import draw_plot, epoch, note_memorising, note_small_corpus, progress_bar, progress_fields, report
 from schedule import budget_spent, lr_factor
 from stopping import GracefulStop, SkippedSteps, TrainingDiverged, finite_weights
 
@@ -96,6 +96,7 @@ class TrainState:
     evals_since_best: int = 0  # evaluations since the last new best validation loss (for --early_stop)
     recent: list = field(default_factory=list)  # (train loss, val loss) of the latest evaluations
     noted_memorising: bool = False  # the memorising note is said once per run
+    dropout_on: bool = True  # whether raw_model trains with its dropout now (--dropout_after)
     early_stopped: bool = False
 
     def elapsed(self) -> float:
@@ -248,6 +249,7 @@ def fit(run: Run, state: TrainState, stop: GracefulStop) -> int:
         stop.arm()  # from here a first Ctrl-C lets the step finish and saves
         while state.step < args.max_steps:
             lr = set_learning_rate(run, state)
+            schedule_dropout(run, state)
             loss = train_step(run, state)
             state.step += 1
             finished = budget_spent(state.step, args.max_steps, run.world.max(state.elapsed()), args.max_time)
@@ -273,6 +275,21 @@ def set_learning_rate(run: Run, state: TrainState) -> float:
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     return lr
+
+
+def schedule_dropout(run: Run, state: TrainState) -> None:
+    """--dropout_after P: no dropout for the first P passes over the training tokens, then the model's own.
+    A model memorises a corpus only after several passes, and dropout before that only slows its learning
+    (bench/RESULTS.md, "Quality per second VI"). The passes follow from the step, so a resumed run agrees."""
+    on = epoch(run, state) >= run.args.dropout_after
+    if on == state.dropout_on:
+        return
+    state.raw_model.set_dropout(on)
+    state.dropout_on = on
+    config = state.raw_model.config
+    if on and state.step > 0 and run.world.is_main and (config.dropout or config.attention_dropout):
+        tqdm.write(f"pass {epoch(run, state):.2f} at step {state.step}: dropout on from here "
+                   f"(--dropout_after {run.args.dropout_after:g})")
 
 
 def train_step(run: Run, state: TrainState) -> float:

@@ -135,6 +135,8 @@ TRAIN_CASES = [
     ("dropout 1", ["--dropout", "1"], ["--dropout"]),
     ("attn_dropout negative", ["--attn_dropout", "-0.1"], ["--attn_dropout", "-0.1"]),
     ("attn_dropout nan", ["--attn_dropout", "nan"], ["--attn_dropout"]),
+    ("dropout_after negative", ["--dropout_after", "-1"], ["--dropout_after", "-1"]),
+    ("dropout_after inf", ["--dropout_after", "inf"], ["--dropout_after", "inf", "finite"]),
     ("negative grad_clip", ["--grad_clip", "-1"], ["--grad_clip"]),
     ("max_bad_steps 0", ["--max_bad_steps", "0"], ["--max_bad_steps"]),
     ("max_steps not an integer", ["--max_steps", "ten"], ["--max_steps", "ten"]),

@@ -1,4 +1,4 @@
-"""Quality levers: --optimizer muon (orthogonalised updates for hidden matrices) and --cpu_bf16."""
+"""Quality levers: --optimizer muon (orthogonalised updates for hidden matrices), --cpu_bf16 and --dropout_after."""
 
 import math
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import cli
+import metrics
 import muon
 import train_bpe
 import trainer
@@ -97,3 +98,39 @@ def test_cpu_bf16_run_keeps_fp32_weights(tiny_file, tmp_path):
     state = load_checkpoint(tmp_path / trainer.BEST_NAME)
     assert all(t.dtype == torch.float32 for t in state["model"].values())  # autocast, not a bf16 model
     assert math.isfinite(state["best_val_loss"])
+
+
+def dropout_after_run(tiny_file, tiny_tokenizer, out, *flags):
+    """A run on the tiny corpus (30 steps are about one pass) that logs every step; its train records."""
+    tok = out.parent / "tok.json"
+    tok.write_text(tiny_tokenizer.to_str(), encoding="utf-8")
+    assert train_bpe.main([*TINY_MODEL_ARGS, "--data_file", str(tiny_file), "--tokenizer", str(tok), "--lr", "3e-3",
+                           "--eval_interval", "10", "--eval_iters", "1", "--log_interval", "1", "--out_dir", str(out),
+                           *flags]) == 0
+    return {r["step"]: r for r in metrics.read_metrics(out / metrics.METRICS_NAME) if r["kind"] == "train"}
+
+
+def test_dropout_after_trains_without_dropout_for_that_many_passes(tiny_file, tiny_tokenizer, tmp_path, capsys):
+    plain = dropout_after_run(tiny_file, tiny_tokenizer, tmp_path / "plain", "--max_steps", "30", "--dropout", "0")
+    late = dropout_after_run(tiny_file, tiny_tokenizer, tmp_path / "late", "--max_steps", "30", "--dropout", "0.3",
+                             "--dropout_after", "0.5")
+    # Step s trains with dropout once the s - 1 steps before it have made half a pass.
+    first = min(s for s in late if s > 1 and late[s - 1]["epoch"] >= 0.5)
+    assert 3 < first < 30
+    assert all(late[s]["loss"] == plain[s]["loss"] for s in range(1, first))  # no dropout drawn before
+    assert late[first]["loss"] != plain[first]["loss"]
+    out = capsys.readouterr().out
+    assert out.count("dropout on from here (--dropout_after 0.5)") == 1 and f"at step {first - 1}:" in out
+    assert load_checkpoint(tmp_path / "late" / trainer.LAST_NAME)["config"]["dropout"] == 0.3  # the config keeps it
+
+
+def test_a_run_resumed_before_dropout_starts_ends_bitwise_equal(tiny_file, tiny_tokenizer, tmp_path):
+    flags = ["--dropout", "0.3", "--dropout_after", "0.5"]
+    dropout_after_run(tiny_file, tiny_tokenizer, tmp_path / "full", "--max_steps", "30", *flags)
+    part = dropout_after_run(tiny_file, tiny_tokenizer, tmp_path / "part", "--max_steps", "5", *flags)
+    assert part[5]["epoch"] < 0.5  # stopped before dropout started: the resumed process must start it
+    assert train_bpe.main(["--resume", str(tmp_path / "part" / trainer.LAST_NAME), "--max_steps", "30"]) == 0
+    full, resumed = (load_checkpoint(tmp_path / d / trainer.LAST_NAME) for d in ("full", "part"))
+    assert full["step"] == resumed["step"] == 30
+    for name, tensor in full["model"].items():
+        assert torch.equal(tensor, resumed["model"][name]), name
