@@ -59,12 +59,12 @@ PRESETS = {
 # A preset's rows for longer time budgets: (from this --max_time on, these values), in increasing order; no
 # --max_time (0) takes every row. In 134 s on this CPU the preset passes over a corpus the size of tiny
 # Shakespeare about 7 times; beyond that the 4 x 128 model memorises it (2.166 bits/byte at 134 s, 2.317 at
-# 300 s, 2.530 at 600 s). Dropout 0.3 and weight decay 0.3 from the start held it off at
-# 600 s (2.132) but cost the 6 MB Python corpus 0.11 (1.937 against 1.829), which makes fewer than 7
-# passes. Dropout that starts after 7 passes (--dropout_after) with weight decay 0.3 keeps both: Shakespeare
-# 2.168 at 300 s and 2.120 at 600 s; Python 1.561 at 600 s, where dropout never starts and the higher decay
-# alone gains 0.27. Not below 300 s: dropout switched on in the last steps of a 134 s run, during the
-# warmdown, cost one seed 0.03.
+# 300 s, 2.530 at 600 s). Dropout 0.3 and weight decay 0.3 from the start held it off at 600 s (2.132) but
+# cost the 6 MB Python corpus 0.11 (1.937 against 1.829), which makes fewer than 7 passes. Dropout that
+# starts after 7 passes (--dropout_after) with weight decay 0.3 keeps both: Shakespeare 2.168 at 300 s and
+# 2.120 at 600 s; Python 1.561 at 600 s, where dropout never starts and the higher decay alone gains 0.27.
+# Not below 300 s: dropout switched on in the last steps of a 134 s run, during the warmdown, cost one
+# seed 0.03.
 # bench/RESULTS.md, "Quality per second VI".
 PRESET_BUDGETS = {
     "cpu": [(300.0, dict(dropout=0.3, weight_decay=0.3, dropout_after=7.0))],
