@@ -14,7 +14,6 @@ if __name__ == "__main__":  # Ctrl-C while the imports below load (a second or t
     signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
 
 import argparse
-import math
 import textwrap
 from pathlib import Path
 
@@ -236,16 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def defaults(parser: argparse.ArgumentParser, preset: str | None, max_time: float | None = None) -> dict:
-    """Every flag's default value, a preset's values on top, then its row for a longer --max_time (None:
-    the preset's own budget; 0 or less: no time limit)."""
+def defaults(parser: argparse.ArgumentParser, typed: dict) -> dict:
+    """Every flag's default value, the typed preset's values on top, then its rows for the --max_time in
+    effect (the typed one, else the preset's; None, from --max_time 0, is no limit and takes every row)."""
     values = {d: parser.get_default(d) for d in DESTS}
+    preset = typed.get("preset")
     if not preset:
         return values
     values |= PRESETS[preset]
-    budget = values["max_time"] if max_time is None else (max_time if max_time > 0 else math.inf)
+    budget = typed.get("max_time", values["max_time"])
     for from_seconds, row in PRESET_BUDGETS[preset]:
-        if budget >= from_seconds:
+        if budget is None or budget >= from_seconds:
             values |= row
     return values
 
@@ -259,8 +259,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
     if "resume" in typed and "init_from" in typed:
         parser.error("--resume and --init_from cannot be used together: --resume continues a run exactly, "
                      "--init_from starts a new run from existing weights")
-    budget = (typed["max_time"] or 0) if "max_time" in typed else None  # a typed 0 (None) is no limit
-    args = argparse.Namespace(**(defaults(parser, typed.get("preset"), budget) | typed))
+    args = argparse.Namespace(**(defaults(parser, typed) | typed))
     if "warmup_steps" not in typed and "resume" not in typed:  # a resumed run keeps its own schedule
         args.warmup_steps = schedule.fitted_warmup(args.warmup_steps, args.max_steps)
     if "resume" not in typed and "init_from" not in typed:  # those are checked once the source's flags are in
@@ -320,7 +319,7 @@ def load_resume(args, typed: dict) -> tuple[argparse.Namespace, resume.Resume | 
     if args.resume is None:
         return args, None
     path = resume.resume_path(args.resume, args.out_dir, trainer.LAST_NAME)
-    merged, state, line = resume.load(path, defaults(build_parser(), None), typed, PATH_FLAGS)
+    merged, state, line = resume.load(path, defaults(build_parser(), {}), typed, PATH_FLAGS)
     problem = check_args(merged)
     if problem:
         raise CheckpointError(f"{problem} (after taking the other flags from --resume {path})")
@@ -397,8 +396,8 @@ def plot_only(metrics_path: Path) -> int:
     """--plot_only: redraws loss.png beside a metrics file."""
     png = metrics_path.with_name(metrics.PLOT_NAME)
     try:
-        metrics.read_metrics(metrics_path)  # a bad path is named before a missing extra is
         if not metrics.have_matplotlib():
+            metrics.read_metrics(metrics_path)  # a bad path is named before the missing extra
             raise metrics.MetricsError(f"--plot_only needs matplotlib: {metrics.PLOT_HINT}")
         print(f"loss plot: {metrics.plot_metrics(metrics_path, png)}")
     except metrics.MetricsError as exc:
