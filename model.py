@@ -129,9 +129,18 @@ class Linear(nn.Linear):
     threads there are; a batched product over the blocks runs each block on its own core. Each output is
     still one dot product of a row and a column, so the values stay those of F.linear up to float rounding
     (equal to the last bit on the CPUs measured). The copy is used only without gradients and only while
-    the weight has not changed since it was made."""
+    the weight has not changed since it was made.
 
-    parts: torch.Tensor | None = None  # (threads, in, ceil(out / threads)); the last block padded with zeros
+    The blocks come in two layouts. (threads, in, block): each block multiplies the rows from the right,
+    the faster way for matrices that stay in the cache from one token to the next. (threads, block, in),
+    `parts_streamed`: each block multiplies the rows' transpose from the left, one contiguous dot product
+    per output; BLAS streams a matrix from memory nearly at the memory's speed that way, 1.5-1.9x the
+    other layout when the model's matrices do not fit the cache (bench/sample.py, RESULTS "Sampling VI").
+    """
+
+    parts: torch.Tensor | None = None  # (threads, in, ceil(out / threads)) or, streamed, (threads, block, in);
+    #                                    the last block padded with zeros
+    parts_streamed: bool = False  # parts is (threads, block, in)
     parts_version: int = -1  # version(weight) when parts was made
 
     def forward(self, x):
@@ -139,8 +148,12 @@ class Linear(nn.Linear):
         if parts is None or x.numel() > SPLIT_MAX_ROWS * self.in_features or torch.is_grad_enabled() \
                 or version(self.weight) != self.parts_version:
             return F.linear(x, self.weight, self.bias)
-        rows = x.reshape(1, -1, self.in_features).expand(parts.size(0), -1, -1)  # (threads, rows, in)
-        y = torch.bmm(rows, parts).transpose(0, 1).reshape(*x.shape[:-1], -1)  # (..., threads * block)
+        if self.parts_streamed:
+            columns = x.reshape(-1, self.in_features).t().expand(parts.size(0), -1, -1)  # (threads, in, rows)
+            y = torch.bmm(parts, columns).permute(2, 0, 1).reshape(*x.shape[:-1], -1)  # (..., threads * block)
+        else:
+            rows = x.reshape(1, -1, self.in_features).expand(parts.size(0), -1, -1)  # (threads, rows, in)
+            y = torch.bmm(rows, parts).transpose(0, 1).reshape(*x.shape[:-1], -1)  # (..., threads * block)
         if y.size(-1) != self.out_features:
             y = y[..., : self.out_features]
         return y if self.bias is None else y + self.bias
@@ -450,6 +463,10 @@ class GPT(nn.Module):
 # product costs more than it saves (bench/sample.py; the crossover was ~2^18 in cache, lower from memory).
 SPLIT_MIN_SIZE = 2**17
 SPLIT_MAX_ROWS = 16  # rows (batch x tokens) up to which the split copy is used: beyond, BLAS uses the threads
+# The streamed layout (Linear.parts_streamed) for models whose matrices take more than this: 32 MiB, the L3
+# cache of the CPU measured. 6 x 384 (55 MB in float32): 1.29x the tokens/s at batch 1 with it, 0.89x at a
+# batch of 8; the preset's 4 x 128 (5 MB): 0.95x (bench/sample.py, RESULTS "Sampling VI").
+STREAMED_MIN_BYTES = 32 * 2**20
 
 
 def use_decode_layout(model: GPT) -> GPT:
@@ -463,17 +480,22 @@ def use_decode_layout(model: GPT) -> GPT:
        way. A tied output layer shares its matrix with the embedding, whose lookups read this layout too.
     2. With more than one thread, each matrix of at least SPLIT_MIN_SIZE elements also gets a copy split by
        output columns into one block per thread (Linear.parts): one-token steps then use every core, where
-       BLAS used one. This costs the memory of those matrices once more.
+       BLAS used one. This costs the memory of those matrices once more. A model whose matrices outgrow
+       STREAMED_MIN_BYTES gets the blocks in the layout that streams from memory faster (see Linear).
     """
     threads = torch.get_num_threads()
+    matrices = {id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Linear)}.values()
+    streamed = sum(w.numel() * w.element_size() for w in matrices) > STREAMED_MIN_BYTES
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.Linear):
                 module.weight.data = module.weight.data.t().contiguous().t()  # same Parameter: ties survive
             if isinstance(module, Linear) and threads > 1 and module.weight.numel() >= SPLIT_MIN_SIZE:
                 block = math.ceil(module.out_features / threads)
-                columns = F.pad(module.weight.t(), (0, threads * block - module.out_features))  # (in, threads * block)
-                module.parts = columns.view(module.in_features, threads, block).transpose(0, 1).contiguous()
+                padded = F.pad(module.weight, (0, 0, 0, threads * block - module.out_features))  # (threads * block, in)
+                blocks = padded.view(threads, block, module.in_features)
+                module.parts = (blocks if streamed else blocks.transpose(1, 2)).contiguous()
+                module.parts_streamed = streamed
                 module.parts_version = version(module.weight)
     return model
 

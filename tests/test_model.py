@@ -153,13 +153,17 @@ def set_threads():
     torch.set_num_threads(before)
 
 
-def test_split_matrices_give_the_same_samples_and_follow_training(monkeypatch, set_threads):
+@pytest.mark.parametrize("streamed", [False, True])
+def test_split_matrices_give_the_same_samples_and_follow_training(monkeypatch, set_threads, streamed):
     set_threads(3)  # 3 does not divide the widths below: the last block is padded
     monkeypatch.setattr(model_module, "SPLIT_MIN_SIZE", 0)  # split every matrix of this tiny model
+    monkeypatch.setattr(model_module, "STREAMED_MIN_BYTES", 0 if streamed else 2**40)
     config = GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embed=32, dropout=0.0, pos_emb="rope",
                        norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False)
     usual, split = make_model(seed=4, config=config), use_decode_layout(make_model(seed=4, config=config))
-    assert split.lm_head.parts.shape == (3, 32, 22)  # (threads, in, ceil(64 / 3))
+    # (threads, ceil(64 / 3), in) streamed, else (threads, in, ceil(64 / 3))
+    assert split.lm_head.parts.shape == ((3, 22, 32) if streamed else (3, 32, 22))
+    assert split.lm_head.parts_streamed == streamed
     assert all(torch.equal(a, b) for a, b in zip(usual.state_dict().values(), split.state_dict().values()))
     prompt = torch.randint(0, 64, (2, 5), generator=torch.Generator().manual_seed(5))
     greedy = [torch.stack(list(m.generate(prompt, 20, temperature=0.0)), 1) for m in (usual, split)]
@@ -191,6 +195,16 @@ def test_split_copies_of_weights_loaded_under_inference_mode(monkeypatch, set_th
         assert split.lm_head.parts is not None and split.lm_head.weight.is_inference()
         tokens = torch.stack(list(split.generate(prompt, 12, temperature=0.0)), 1)
     assert torch.equal(tokens, torch.stack(list(usual.generate(prompt, 12, temperature=0.0)), 1))
+
+
+def test_the_streamed_layout_is_for_models_larger_than_the_cache(monkeypatch, set_threads):
+    set_threads(2)
+    monkeypatch.setattr(model_module, "SPLIT_MIN_SIZE", 0)
+    model = make_model()
+    matrix_bytes = 4 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    for limit, streamed in ((matrix_bytes - 1, True), (matrix_bytes, False)):
+        monkeypatch.setattr(model_module, "STREAMED_MIN_BYTES", limit)
+        assert use_decode_layout(make_model()).lm_head.parts_streamed == streamed
 
 
 def test_one_thread_makes_no_split_copies(monkeypatch, set_threads):
