@@ -128,7 +128,7 @@ class Linear(nn.Linear):
     thread (`parts`, made by use_decode_layout). BLAS runs a product of a few rows on one core however many
     threads there are; a batched product over the blocks runs each block on its own core. Each output is
     still one dot product of a row and a column, so the values stay those of F.linear up to float rounding
-    (equal to the last bit on the CPUs measured). The copy is used only without gradients and only while
+    (BLAS may sum in another order: a few units in the last place). The copy is used only without gradients and only while
     the weight has not changed since it was made.
 
     The blocks come in two layouts. (threads, in, block): each block multiplies the rows from the right,
