@@ -128,8 +128,8 @@ class Linear(nn.Linear):
     thread (`parts`, made by use_decode_layout). BLAS runs a product of a few rows on one core however many
     threads there are; a batched product over the blocks runs each block on its own core. Each output is
     still one dot product of a row and a column, so the values stay those of F.linear up to float rounding
-    (BLAS may sum in another order: a few units in the last place). The copy is used only without gradients and only while
-    the weight has not changed since it was made.
+    (BLAS may sum in another order: a few units in the last place). The copy is used only without gradients
+    and only while the weight has not changed since it was made.
 
     The blocks come in two layouts. (threads, in, block): each block multiplies the rows from the right,
     the faster way for matrices that stay in the cache from one token to the next. (threads, block, in),
@@ -484,7 +484,7 @@ def use_decode_layout(model: GPT) -> GPT:
        STREAMED_MIN_BYTES gets the blocks in the layout that streams from memory faster (see Linear).
     """
     threads = torch.get_num_threads()
-    matrices = {id(m.weight): m.weight for m in model.modules() if isinstance(m, nn.Linear)}.values()
+    matrices = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]  # what one token step reads whole
     streamed = sum(w.numel() * w.element_size() for w in matrices) > STREAMED_MIN_BYTES
     with torch.no_grad():
         for module in model.modules():
