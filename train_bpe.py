@@ -51,14 +51,18 @@ PRESETS = {
         pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False,
         batch_size=8, grad_accum_steps=1, max_steps=100_000, max_time=134.0, warmup_steps=100, lr=2e-3,
         lr_schedule="wsd", min_lr_factor=0.0, optimizer="muon", cpu_bf16=True, eval_interval=250, eval_iters=20,
-        use_cosine=True, attn_dropout=0.0, weight_decay=0.6,
+        use_cosine=True, attn_dropout=0.0, weight_decay=0.8, batch_order="epochs",
     ),
 }
 
-# Weight decay 0.6 (on every matrix, Muon's too): at 134 s it gave Shakespeare 2.135 / 2.147 / 2.130 (seeds
-# 42-44) against 2.164 / 2.176 / 2.150 with 0.1 and 2.158 / 2.159 / 2.129 with 0.3; at 1150 steps it gave
-# Shakespeare 2.189 (0.3: 2.208, 1.0: 2.194) and Python 1.997 (0.1: 2.030, 0.3: 2.005, 1.0: 1.969, but 1.0 lost
-# at 600 s: 1.542 against 1.516). bench/RESULTS.md, "Quality per second VII".
+# Shuffled passes (batch_order "epochs") and weight decay 0.8 (on every matrix, Muon's too), at 1150 steps,
+# seed 42: Shakespeare 2.094 against 2.139 with random windows and 0.6; Python 1.981 against 1.997 (seed 43:
+# 2.012 against 2.037). Random windows cover a corpus unevenly: in 7 passes' worth of them a token is a target
+# a Poisson(7) number of times, 3 or fewer for one token in 12 and 11 or more for one in 10; shuffled passes
+# make it 7 for every token.
+# Weight decay 0.6 had beaten 0.1 and 0.3 at 134 s on both corpora ("Quality per second VII"); 0.8 helped
+# Python with either order (-0.022) and Shakespeare with random windows (-0.018). bench/RESULTS.md,
+# "Quality per second VIII".
 #
 # A preset's rows for longer time budgets: (from this --max_time on, these values), in increasing order; no
 # --max_time (0) takes every row. In 134 s on this CPU the preset passes over a corpus the size of tiny
