@@ -104,8 +104,8 @@ def test_a_longer_budget_takes_the_presets_row_and_typed_flags_still_win():
 
     assert regularisation("--preset", "cpu") == (0.0, 0.8, 0.0)  # its own 134 s: no row
     assert regularisation("--preset", "cpu", "--max_time", "299") == (0.0, 0.8, 0.0)
-    assert regularisation("--preset", "cpu", "--max_time", "10:00") == (0.3, 0.8, 7.0)
-    assert regularisation("--preset", "cpu", "--max_time", "0") == (0.3, 0.8, 7.0)  # no limit: every row
+    assert regularisation("--preset", "cpu", "--max_time", "10:00") == (0.2, 0.8, 7.0)
+    assert regularisation("--preset", "cpu", "--max_time", "0") == (0.2, 0.8, 7.0)  # no limit: every row
     assert regularisation("--preset", "cpu", "--max_time", "600", "--dropout", "0.1") == (0.1, 0.8, 7.0)
     assert regularisation("--preset", "cpu", "--weight_decay", "0.1") == (0.0, 0.1, 0.0)
     assert regularisation("--max_time", "600") == (0.1, 0.1, 0.0)  # no preset, no rows
