@@ -191,8 +191,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=0,
                    help="train exactly this many steps instead (step-based warmup and cosine, no time limit): "
                         "the quality of a setting at equal work, whatever the machine's load. No time limit "
-                        "takes every row of the preset's PRESET_BUDGETS (dropout after 7 passes): pass "
-                        "-- --dropout 0 to compare with the preset's own 134 s values")
+                        "takes every row of the preset's PRESET_BUDGETS (train_bpe.py): pass -- --dropout 0 "
+                        "to compare with the preset's own 134 s values")
     corpus = p.add_mutually_exclusive_group()
     corpus.add_argument("--data_file", type=Path, default=DEFAULT_DATA_FILE, help="corpus (90/10 split)")
     corpus.add_argument("--data_dir", type=Path, help="a folder corpus instead (whole files held out by a hash "
