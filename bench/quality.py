@@ -125,12 +125,26 @@ class AdaptiveThreads:
         torch.set_num_threads(1 if others > 0.5 else self.cores)
 
 
+def budget_flags(seconds: float, extra: list[str]) -> list[str]:
+    """Flags that give a run with no time limit the preset's values for a --max_time of `seconds`: with no
+    limit, --preset takes every row of its PRESET_BUDGETS (train_bpe.py), the values for the longest budget."""
+    at_budget = vars(train_bpe.parse_args(["--preset", "cpu", "--max_time", str(seconds), *extra])[0])
+    unlimited = vars(train_bpe.parse_args(["--preset", "cpu", "--max_time", "0", *extra])[0])
+    flags = []
+    for name, value in at_budget.items():
+        if name not in ("max_time", "warmup_steps") and value != unlimited[name]:
+            assert not isinstance(value, bool), f"a preset row sets the switch {name}"  # rows hold numbers
+            flags += [f"--{name}", str(value)]
+    return flags
+
+
 def one_run(args, extra: list[str], seed: int) -> dict:
     """Trains one run (--budget of time, or --steps steps) and scores it; returns its table row as a dict."""
     with tempfile.TemporaryDirectory() as out:
         out = Path(out)
         reuse, cache_dir = reuse_flags(args, out, extra)
-        budget = ["--max_time", "0", "--max_steps", str(args.steps)] if args.steps else \
+        budget = ["--max_time", "0", "--max_steps", str(args.steps),
+                  *budget_flags(parse_duration(args.as_budget), extra)] if args.steps else \
                  ["--max_time", args.budget, "--max_steps", "1000000"]
         # One evaluation at the end only: periodic evaluations would eat into the budget.
         train_argv = ["--preset", "cpu", *corpus_flags(args), "--out_dir", str(out), *reuse, *budget,
@@ -173,10 +187,11 @@ def one_run(args, extra: list[str], seed: int) -> dict:
         prompt = torch.tensor([tok.encode(args.prompt, add_special_tokens=False).ids])
         new = [int(t[0]) for t in model.generate(prompt, 200, temperature=0.8, top_k=80, generator=gen)]
         sample = tok.decode(prompt[0].tolist() + new)
+    budget_name = f"{args.steps} steps, {parse_duration(args.as_budget):.0f} s values" if args.steps else \
+        f"{parse_duration(args.budget):.0f} s {args.clock}"
     return dict(label=args.label, extra=" ".join(extra), seed=seed, bits_per_byte=round(bpb, 4), steps=steps,
                 tokens_seen=tokens_seen, train_s=round(state["train_time"], 1),
-                ms_per_step=round(1000 * state["train_time"] / max(steps, 1), 1),
-                budget=f"{args.steps} steps" if args.steps else f"{parse_duration(args.budget):.0f} s {args.clock}",
+                ms_per_step=round(1000 * state["train_time"] / max(steps, 1), 1), budget=budget_name,
                 corpus=str(args.data_dir or args.data_file), threads=torch.get_num_threads(), wall_s=round(wall),
                 cpu_share=round(cpu_share, 2),
                 val_bytes=val_bytes, ema_bits_per_byte=ema, sample=sample)
@@ -190,9 +205,11 @@ def main(argv=None) -> int:
     p.add_argument("--budget", default="134", help="training time, seconds or H:MM:SS (default 134)")
     p.add_argument("--steps", type=int, default=0,
                    help="train exactly this many steps instead (step-based warmup and cosine, no time limit): "
-                        "the quality of a setting at equal work, whatever the machine's load. No time limit "
-                        "takes every row of the preset's PRESET_BUDGETS (train_bpe.py): pass -- --dropout 0 "
-                        "to compare with the preset's own 134 s values")
+                        "the quality of a setting at equal work, whatever the machine's load; with the preset's "
+                        "values for the budget --as_budget")
+    p.add_argument("--as_budget", default=str(train_bpe.PRESETS["cpu"]["max_time"]),
+                   help="with --steps: train with the values --preset cpu takes for this --max_time (the rows "
+                        "of PRESET_BUDGETS in train_bpe.py; default: the preset's own 134 s)")
     corpus = p.add_mutually_exclusive_group()
     corpus.add_argument("--data_file", type=Path, default=DEFAULT_DATA_FILE, help="corpus (90/10 split)")
     corpus.add_argument("--data_dir", type=Path, help="a folder corpus instead (whole files held out by a hash "
@@ -213,6 +230,10 @@ def main(argv=None) -> int:
     p.add_argument("--log", type=Path, help="append the result as one JSON line to this file")
     p.add_argument("--prompt", default="ROMEO:", help="prompt for the printed sample")
     args = p.parse_args(own)
+    try:
+        parse_duration(args.as_budget)
+    except ValueError as e:
+        p.error(f"--as_budget: {e}")
     if args.threads not in ("0", "auto"):
         torch.set_num_threads(int(args.threads))
     if args.clock == "cpu":

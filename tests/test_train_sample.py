@@ -1,3 +1,4 @@
+import importlib.util
 from dataclasses import asdict
 
 import pytest
@@ -11,7 +12,7 @@ import trainer
 from checkpoint import load_checkpoint, load_model
 from model import GPT, GPTConfig
 
-from helpers import TINY_MODEL_ARGS
+from helpers import ROOT, TINY_MODEL_ARGS
 
 
 def test_training_lowers_the_loss_and_writes_both_checkpoints(tiny_run, capsys):
@@ -100,15 +101,37 @@ def test_preset_values_yield_to_explicit_flags():
 def test_a_longer_budget_takes_the_presets_row_and_typed_flags_still_win():
     def regularisation(*argv):
         args = train_bpe.parse_args(list(argv))[0]
-        return args.dropout, args.weight_decay, args.dropout_after
+        return args.dropout, args.weight_decay, args.dropout_after, args.n_embed
 
-    assert regularisation("--preset", "cpu") == (0.0, 0.8, 0.0)  # its own 134 s: no row
-    assert regularisation("--preset", "cpu", "--max_time", "299") == (0.0, 0.8, 0.0)
-    assert regularisation("--preset", "cpu", "--max_time", "10:00") == (0.2, 0.8, 7.0)
-    assert regularisation("--preset", "cpu", "--max_time", "0") == (0.2, 0.8, 7.0)  # no limit: every row
-    assert regularisation("--preset", "cpu", "--max_time", "600", "--dropout", "0.1") == (0.1, 0.8, 7.0)
-    assert regularisation("--preset", "cpu", "--weight_decay", "0.1") == (0.0, 0.1, 0.0)
-    assert regularisation("--max_time", "600") == (0.1, 0.1, 0.0)  # no preset, no rows
+    assert regularisation("--preset", "cpu") == (0.0, 0.8, 0.0, 128)  # its own 134 s: no row
+    assert regularisation("--preset", "cpu", "--max_time", "299") == (0.0, 0.8, 0.0, 128)
+    assert regularisation("--preset", "cpu", "--max_time", "5:00") == (0.2, 0.8, 7.0, 128)
+    assert regularisation("--preset", "cpu", "--max_time", "10:00") == (0.2, 0.8, 7.0, 192)
+    assert regularisation("--preset", "cpu", "--max_time", "0") == (0.2, 0.8, 7.0, 192)  # no limit: every row
+    assert regularisation("--preset", "cpu", "--max_time", "600", "--dropout", "0.1") == (0.1, 0.8, 7.0, 192)
+    assert regularisation("--preset", "cpu", "--max_time", "1:00:00", "--n_embed", "128") == (0.2, 0.8, 7.0, 128)
+    assert regularisation("--preset", "cpu", "--weight_decay", "0.1") == (0.0, 0.1, 0.0, 128)
+    assert regularisation("--max_time", "600") == (0.1, 0.1, 0.0, 384)  # no preset, no rows
+
+
+def test_a_fixed_step_benchmark_trains_with_the_values_of_the_budget_it_stands_for():
+    """bench/quality.py --steps N has no time limit, which alone would take every row of the preset; with
+    --as_budget T it trains with exactly the values --preset cpu --max_time T gives, typed flags still winning."""
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "bench" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+
+    def settings(*argv):
+        values = vars(train_bpe.parse_args(["--preset", "cpu", *argv])[0])
+        return {k: v for k, v in values.items() if k not in ("max_time", "warmup_steps")}
+
+    rows = [seconds for seconds, _ in train_bpe.PRESET_BUDGETS["cpu"]]
+    assert settings("--max_time", "0") != settings()  # no limit is not the preset's own 134 s ...
+    for budget in [train_bpe.PRESETS["cpu"]["max_time"], *rows, rows[-1] * 10]:
+        for typed in ([], ["--dropout", "0.05"]):
+            flags = quality.budget_flags(budget, typed)
+            assert settings("--max_time", "0", *flags, *typed) == settings("--max_time", str(budget), *typed)
+    assert quality.budget_flags(rows[-1], []) == []  # ... and the longest row is what no limit takes
 
 
 def test_a_short_run_fits_the_default_warmup_and_a_typed_one_is_kept(capsys):
