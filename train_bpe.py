@@ -76,7 +76,8 @@ PRESETS = {
 # 0.3 left 300 s behind it (2.108, 2.126 for seeds 42, 43); 0.2 gives 2.079 there ("Quality per second VIII").
 # From 600 s a 4 x 192 model (3,200 steps in 600 s against 4,800) scores better on both corpora: Shakespeare
 # 2.053 and 2.041 (seeds 42, 43) against 2.056 and 2.050, Python 1.472 against 1.486. No row for 30 minutes:
-# dropout 0.3 there gave Shakespeare 2.018 but Python 1.537, worse than at 600 s ("Quality per second IX").
+# dropout 0.3 there gave Shakespeare 2.018 but Python 1.537 (1.486 with 0.2), worse than at 600 s ("Quality
+# per second IX").
 PRESET_BUDGETS = {
     "cpu": [
         (300.0, dict(dropout=0.2, dropout_after=7.0)),

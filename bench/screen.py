@@ -97,7 +97,7 @@ def main(argv=None) -> int:
             except subprocess.TimeoutExpired:
                 return "stopped at the deadline"
             if done.returncode:
-                return f"failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}"
+                return f"failed (exit {done.returncode}): {(done.stderr.strip().splitlines() or [''])[-1]}"
             return f"done in {time.monotonic() - start:.0f} s"
 
         # one short run per corpus and vocabulary first, so that the parallel runs find their tokenizer

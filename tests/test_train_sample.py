@@ -98,20 +98,20 @@ def test_preset_values_yield_to_explicit_flags():
     assert train_bpe.parse_args([])[0].n_embed == 384  # the GPU defaults without a preset
 
 
-def test_a_longer_budget_takes_the_presets_row_and_typed_flags_still_win():
-    def regularisation(*argv):
+def test_a_longer_budget_takes_the_presets_rows_and_typed_flags_still_win():
+    def budget_values(*argv):
         args = train_bpe.parse_args(list(argv))[0]
         return args.dropout, args.weight_decay, args.dropout_after, args.n_embed
 
-    assert regularisation("--preset", "cpu") == (0.0, 0.8, 0.0, 128)  # its own 134 s: no row
-    assert regularisation("--preset", "cpu", "--max_time", "299") == (0.0, 0.8, 0.0, 128)
-    assert regularisation("--preset", "cpu", "--max_time", "5:00") == (0.2, 0.8, 7.0, 128)
-    assert regularisation("--preset", "cpu", "--max_time", "10:00") == (0.2, 0.8, 7.0, 192)
-    assert regularisation("--preset", "cpu", "--max_time", "0") == (0.2, 0.8, 7.0, 192)  # no limit: every row
-    assert regularisation("--preset", "cpu", "--max_time", "600", "--dropout", "0.1") == (0.1, 0.8, 7.0, 192)
-    assert regularisation("--preset", "cpu", "--max_time", "1:00:00", "--n_embed", "128") == (0.2, 0.8, 7.0, 128)
-    assert regularisation("--preset", "cpu", "--weight_decay", "0.1") == (0.0, 0.1, 0.0, 128)
-    assert regularisation("--max_time", "600") == (0.1, 0.1, 0.0, 384)  # no preset, no rows
+    assert budget_values("--preset", "cpu") == (0.0, 0.8, 0.0, 128)  # its own 134 s: no row
+    assert budget_values("--preset", "cpu", "--max_time", "299") == (0.0, 0.8, 0.0, 128)
+    assert budget_values("--preset", "cpu", "--max_time", "5:00") == (0.2, 0.8, 7.0, 128)
+    assert budget_values("--preset", "cpu", "--max_time", "10:00") == (0.2, 0.8, 7.0, 192)
+    assert budget_values("--preset", "cpu", "--max_time", "0") == (0.2, 0.8, 7.0, 192)  # no limit: every row
+    assert budget_values("--preset", "cpu", "--max_time", "600", "--dropout", "0.1") == (0.1, 0.8, 7.0, 192)
+    assert budget_values("--preset", "cpu", "--max_time", "1:00:00", "--n_embed", "128") == (0.2, 0.8, 7.0, 128)
+    assert budget_values("--preset", "cpu", "--weight_decay", "0.1") == (0.0, 0.1, 0.0, 128)
+    assert budget_values("--max_time", "600") == (0.1, 0.1, 0.0, 384)  # no preset, no rows
 
 
 def test_a_fixed_step_benchmark_trains_with_the_values_of_the_budget_it_stands_for():
