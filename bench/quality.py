@@ -144,7 +144,7 @@ def one_run(args, extra: list[str], seed: int) -> dict:
         out = Path(out)
         reuse, cache_dir = reuse_flags(args, out, extra)
         budget = ["--max_time", "0", "--max_steps", str(args.steps),
-                  *budget_flags(parse_duration(args.as_budget), extra)] if args.steps else \
+                  *budget_flags(args.as_budget, extra)] if args.steps else \
                  ["--max_time", args.budget, "--max_steps", "1000000"]
         # One evaluation at the end only: periodic evaluations would eat into the budget.
         train_argv = ["--preset", "cpu", *corpus_flags(args), "--out_dir", str(out), *reuse, *budget,
@@ -187,7 +187,7 @@ def one_run(args, extra: list[str], seed: int) -> dict:
         prompt = torch.tensor([tok.encode(args.prompt, add_special_tokens=False).ids])
         new = [int(t[0]) for t in model.generate(prompt, 200, temperature=0.8, top_k=80, generator=gen)]
         sample = tok.decode(prompt[0].tolist() + new)
-    budget_name = f"{args.steps} steps, {parse_duration(args.as_budget):.0f} s values" if args.steps else \
+    budget_name = f"{args.steps} steps, {args.as_budget:.0f} s values" if args.steps else \
         f"{parse_duration(args.budget):.0f} s {args.clock}"
     return dict(label=args.label, extra=" ".join(extra), seed=seed, bits_per_byte=round(bpb, 4), steps=steps,
                 tokens_seen=tokens_seen, train_s=round(state["train_time"], 1),
@@ -207,7 +207,7 @@ def main(argv=None) -> int:
                    help="train exactly this many steps instead (step-based warmup and cosine, no time limit): "
                         "the quality of a setting at equal work, whatever the machine's load; with the preset's "
                         "values for the budget --as_budget")
-    p.add_argument("--as_budget", default=str(train_bpe.PRESETS["cpu"]["max_time"]),
+    p.add_argument("--as_budget", type=parse_duration, default=train_bpe.PRESETS["cpu"]["max_time"],
                    help="with --steps: train with the values --preset cpu takes for this --max_time (the rows "
                         "of PRESET_BUDGETS in train_bpe.py; default: the preset's own 134 s)")
     corpus = p.add_mutually_exclusive_group()
@@ -230,10 +230,6 @@ def main(argv=None) -> int:
     p.add_argument("--log", type=Path, help="append the result as one JSON line to this file")
     p.add_argument("--prompt", default="ROMEO:", help="prompt for the printed sample")
     args = p.parse_args(own)
-    try:
-        parse_duration(args.as_budget)
-    except ValueError as e:
-        p.error(f"--as_budget: {e}")
     if args.threads not in ("0", "auto"):
         torch.set_num_threads(int(args.threads))
     if args.clock == "cpu":
