@@ -84,10 +84,11 @@ def warn_if_hours(run: Run, state: TrainState) -> None:
                    f"bounds any run (e.g. --max_time 30:00)")
 
 
-def note_small_corpus(model, run_data, best_name: str) -> None:
-    """One line when the corpus is small for the model, so that memorising it is what to expect."""
+def note_small_corpus(model, run_data, best_name: str, small_below: float = 1.0) -> None:
+    """One line when the corpus is small for the model (fewer than small_below training tokens per parameter:
+    the run's --dropout_below where it has one, which was measured), so that memorising it is what to expect."""
     tokens, params = len(run_data.token_data.train), sum(p.numel() for p in model.parameters())
-    if tokens >= params:
+    if tokens >= small_below * params:
         return
     print(f"note: {tokens:,} training tokens for {params / 1e6:.2f}M parameters ({tokens / params:.2f} per "
           f"parameter) is a small corpus for this model: after a few passes it starts to memorise the text "

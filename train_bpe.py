@@ -75,13 +75,19 @@ PRESETS = {
 # second VI". With shuffled passes and weight decay 0.8 the 134 s preset scores better (2.096), and dropout
 # 0.3 left 300 s behind it (2.108, 2.126 for seeds 42, 43); 0.2 gives 2.079 there ("Quality per second VIII").
 # From 600 s a 4 x 192 model (3,200 steps in 600 s against 4,800) scores better on both corpora: Shakespeare
-# 2.053 and 2.041 (seeds 42, 43) against 2.056 and 2.050, Python 1.472 against 1.486. No row for 30 minutes:
-# dropout 0.3 there gave Shakespeare 2.018 but Python 1.537 (1.486 with 0.2), worse than at 600 s ("Quality
-# per second IX").
+# 2.053 and 2.041 (seeds 42, 43) against 2.056 and 2.050, Python 1.472 against 1.486 ("Quality per second IX").
+# At 30 minutes dropout 0.3 gave Shakespeare 2.018, but Python 1.537 (1.486 with 0.2), worse than at 600 s;
+# without dropout Python scored 1.412. Dropout pays only where the model can memorise its corpus: Shakespeare
+# has 0.24 training tokens per parameter of the 4 x 128 model and 0.12 of the 4 x 192, Python 1.2 and 0.63.
+# So dropout only below 0.4 tokens per parameter (--dropout_below), a line between the two corpora where a
+# model can hold its whole training text: a language model stores about 2 bits per parameter (Allen-Zhu and
+# Li 2024, "Physics of Language Models: Part 3.3"), and at these scores a token holds 4.3 bits (Python) to 5.7
+# (Shakespeare), so below 0.35-0.47 tokens per parameter ("Quality per second X").
 PRESET_BUDGETS = {
     "cpu": [
-        (300.0, dict(dropout=0.2, dropout_after=7.0)),
+        (300.0, dict(dropout=0.2, dropout_after=7.0, dropout_below=0.4)),
         (600.0, dict(n_embed=192)),
+        (1800.0, dict(dropout=0.3)),
     ],
 }
 
@@ -145,6 +151,10 @@ FLAGS: list[tuple[str, list[tuple[str, dict]]]] = [
                                  help="train without dropout for this many passes over the training tokens, "
                                       "then with it (0: from the start); a model memorises only after several "
                                       "passes, and dropout before that only slows it down")),
+        ("--dropout_below", dict(type=finite_float, default=0.0, metavar="TOKENS_PER_PARAM",
+                                 help="use dropout only on a corpus of fewer training tokens per parameter than "
+                                      "this, one the model can memorise; a larger corpus trains without it (0: "
+                                      "on any corpus, as is a --dropout you type without this flag)")),
         ("--init_from", dict(metavar="SOURCE",
                              help="start from existing weights and fine-tune them on the corpus: one of our .pt "
                                   "checkpoints, a Hugging Face GPT-2 folder, or a hub name (gpt2, distilgpt2, ...; "
@@ -276,6 +286,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
         parser.error("--resume and --init_from cannot be used together: --resume continues a run exactly, "
                      "--init_from starts a new run from existing weights")
     args = argparse.Namespace(**(defaults(parser, typed) | typed))
+    if typed.keys() & {"dropout", "attn_dropout"} and "dropout_below" not in typed:
+        args.dropout_below = 0.0  # a dropout the user typed is the one they want, on any corpus
     if "warmup_steps" not in typed and "resume" not in typed:  # a resumed run keeps its own schedule
         args.warmup_steps = schedule.fitted_warmup(args.warmup_steps, args.max_steps)
     if "resume" not in typed and "init_from" not in typed:  # those are checked once the source's flags are in
@@ -305,7 +317,7 @@ def check_args(args) -> str | None:
         return f"--warmdown_fraction must be in (0, 1], got {args.warmdown_fraction}"
     if not 0 <= args.min_lr_factor <= 1:
         return f"--min_lr_factor must be in [0, 1], got {args.min_lr_factor}"
-    for name in ("weight_decay", "grad_clip", "dropout_after"):
+    for name in ("weight_decay", "grad_clip", "dropout_after", "dropout_below"):
         if getattr(args, name) < 0:
             return f"--{name} must not be negative, got {getattr(args, name)}"
     if args.lr * args.weight_decay >= 1:  # decoupled decay multiplies every weight by 1 - lr * weight_decay
@@ -363,6 +375,8 @@ def train(args, resumed: resume.Resume | None, source: pretrained.Source | None,
         trainer.check_outputs(args, trains_tokenizer=resumed is None and source is None and args.tokenizer is None)
     start_tok = (source.tok, source.tok_path) if source else None
     run_data = prepare_data(args, world, resumed, start_tok)
+    if resumed is None:  # a resumed run keeps the dropout it started with
+        trainer.fit_dropout_to_corpus(args, run_data, source)
     print(format_config(args))
     run, state = trainer.setup(args, world, run_data, resumed, source)
     return trainer.fit(run, state, stop)

@@ -127,15 +127,12 @@ class AdaptiveThreads:
 
 def budget_flags(seconds: float, extra: list[str]) -> list[str]:
     """Flags that give a run with no time limit the preset's values for a --max_time of `seconds`: with no
-    limit, --preset takes every row of its PRESET_BUDGETS (train_bpe.py), the values for the longest budget."""
+    limit, --preset takes every row of its PRESET_BUDGETS (train_bpe.py), the values for the longest budget.
+    Every value a row sets is passed, so that the run's typed flags are the same at every budget."""
     at_budget = vars(train_bpe.parse_args(["--preset", "cpu", "--max_time", str(seconds), *extra])[0])
-    unlimited = vars(train_bpe.parse_args(["--preset", "cpu", "--max_time", "0", *extra])[0])
-    flags = []
-    for name, value in at_budget.items():
-        if name not in ("max_time", "warmup_steps") and value != unlimited[name]:
-            assert not isinstance(value, bool), f"a preset row sets the switch {name}"  # rows hold numbers
-            flags += [f"--{name}", str(value)]
-    return flags
+    names = sorted({name for _, row in train_bpe.PRESET_BUDGETS["cpu"] for name in row})
+    assert not any(isinstance(at_budget[name], bool) for name in names), "a preset row sets a switch"  # numbers
+    return [flag for name in names for flag in (f"--{name}", str(at_budget[name]))]
 
 
 def one_run(args, extra: list[str], seed: int) -> dict:

@@ -137,6 +137,8 @@ TRAIN_CASES = [
     ("attn_dropout nan", ["--attn_dropout", "nan"], ["--attn_dropout"]),
     ("dropout_after negative", ["--dropout_after", "-1"], ["--dropout_after", "-1"]),
     ("dropout_after inf", ["--dropout_after", "inf"], ["--dropout_after", "inf", "finite"]),
+    ("dropout_below negative", ["--dropout_below", "-1"], ["--dropout_below", "-1"]),
+    ("dropout_below nan", ["--dropout_below", "nan"], ["--dropout_below", "nan", "finite"]),
     ("negative grad_clip", ["--grad_clip", "-1"], ["--grad_clip"]),
     ("max_bad_steps 0", ["--max_bad_steps", "0"], ["--max_bad_steps"]),
     ("max_steps not an integer", ["--max_steps", "ten"], ["--max_steps", "ten"]),

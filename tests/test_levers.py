@@ -1,4 +1,5 @@
-"""Quality levers: --optimizer muon (orthogonalised updates for hidden matrices), --cpu_bf16 and --dropout_after."""
+"""Quality levers: --optimizer muon (orthogonalised updates for hidden matrices), --cpu_bf16, --dropout_after and
+--dropout_below."""
 
 import math
 
@@ -134,3 +135,26 @@ def test_a_run_resumed_before_dropout_starts_ends_bitwise_equal(tiny_file, tiny_
     assert full["step"] == resumed["step"] == 30
     for name, tensor in full["model"].items():
         assert torch.equal(tensor, resumed["model"][name]), name
+
+
+def test_dropout_below_trains_a_corpus_large_for_the_model_without_dropout(tiny_file, tiny_tokenizer, tmp_path,
+                                                                             capsys):
+    """The tiny corpus has about 0.1 training tokens per parameter of the tiny model: --dropout_below 0.001 calls
+    it large (no dropout, and one line saying so), 1000 small (the --dropout given)."""
+    plain = dropout_after_run(tiny_file, tiny_tokenizer, tmp_path / "plain", "--max_steps", "8", "--dropout", "0")
+    capsys.readouterr()
+    large = dropout_after_run(tiny_file, tiny_tokenizer, tmp_path / "large", "--max_steps", "8", "--dropout", "0.3",
+                              "--dropout_below", "0.001")
+    [note] = [line for line in capsys.readouterr().out.splitlines() if "per parameter" in line]
+    small = dropout_after_run(tiny_file, tiny_tokenizer, tmp_path / "small", "--max_steps", "8", "--dropout", "0.3",
+                              "--dropout_below", "1000")
+    assert "no dropout in this run" in note and "at least --dropout_below 0.001" in note
+    assert [r["loss"] for r in large.values()] == [r["loss"] for r in plain.values()]  # trained as without dropout
+    assert [r["loss"] for r in small.values()] != [r["loss"] for r in plain.values()]
+    configs = {d: load_checkpoint(tmp_path / d / trainer.LAST_NAME)["config"] for d in ("large", "small")}
+    assert configs["large"]["dropout"] == 0.0 and configs["small"]["dropout"] == 0.3  # what each run trained with
+
+    # A resumed run keeps the dropout it started with, whatever --dropout_below the resume is given.
+    assert train_bpe.main(["--resume", str(tmp_path / "large" / trainer.LAST_NAME), "--max_steps", "10",
+                           "--dropout_below", "0"]) == 0
+    assert load_checkpoint(tmp_path / "large" / trainer.LAST_NAME)["config"]["dropout"] == 0.0

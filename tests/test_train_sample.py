@@ -101,17 +101,22 @@ def test_preset_values_yield_to_explicit_flags():
 def test_a_longer_budget_takes_the_presets_rows_and_typed_flags_still_win():
     def budget_values(*argv):
         args = train_bpe.parse_args(list(argv))[0]
-        return args.dropout, args.weight_decay, args.dropout_after, args.n_embed
+        return args.dropout, args.weight_decay, args.dropout_after, args.dropout_below, args.n_embed
 
-    assert budget_values("--preset", "cpu") == (0.0, 0.8, 0.0, 128)  # its own 134 s: no row
-    assert budget_values("--preset", "cpu", "--max_time", "299") == (0.0, 0.8, 0.0, 128)
-    assert budget_values("--preset", "cpu", "--max_time", "5:00") == (0.2, 0.8, 7.0, 128)
-    assert budget_values("--preset", "cpu", "--max_time", "10:00") == (0.2, 0.8, 7.0, 192)
-    assert budget_values("--preset", "cpu", "--max_time", "0") == (0.2, 0.8, 7.0, 192)  # no limit: every row
-    assert budget_values("--preset", "cpu", "--max_time", "600", "--dropout", "0.1") == (0.1, 0.8, 7.0, 192)
-    assert budget_values("--preset", "cpu", "--max_time", "1:00:00", "--n_embed", "128") == (0.2, 0.8, 7.0, 128)
-    assert budget_values("--preset", "cpu", "--weight_decay", "0.1") == (0.0, 0.1, 0.0, 128)
-    assert budget_values("--max_time", "600") == (0.1, 0.1, 0.0, 384)  # no preset, no rows
+    assert budget_values("--preset", "cpu") == (0.0, 0.8, 0.0, 0.0, 128)  # its own 134 s: no row
+    assert budget_values("--preset", "cpu", "--max_time", "299") == (0.0, 0.8, 0.0, 0.0, 128)
+    assert budget_values("--preset", "cpu", "--max_time", "5:00") == (0.2, 0.8, 7.0, 0.4, 128)
+    assert budget_values("--preset", "cpu", "--max_time", "10:00") == (0.2, 0.8, 7.0, 0.4, 192)
+    assert budget_values("--preset", "cpu", "--max_time", "30:00") == (0.3, 0.8, 7.0, 0.4, 192)
+    assert budget_values("--preset", "cpu", "--max_time", "0") == (0.3, 0.8, 7.0, 0.4, 192)  # no limit: every row
+    assert budget_values("--preset", "cpu", "--max_time", "1:00:00", "--n_embed", "128") == (0.3, 0.8, 7.0, 0.4, 128)
+    assert budget_values("--preset", "cpu", "--weight_decay", "0.1") == (0.0, 0.1, 0.0, 0.0, 128)
+    assert budget_values("--max_time", "600") == (0.1, 0.1, 0.0, 0.0, 384)  # no preset, no rows
+    # A dropout the user types is used on any corpus, unless they also type where it stops.
+    assert budget_values("--preset", "cpu", "--max_time", "600", "--dropout", "0.1") == (0.1, 0.8, 7.0, 0.0, 192)
+    assert budget_values("--preset", "cpu", "--max_time", "600", "--attn_dropout", "0.1")[3] == 0.0
+    assert budget_values("--preset", "cpu", "--max_time", "600", "--dropout", "0.1",
+                         "--dropout_below", "2") == (0.1, 0.8, 7.0, 2.0, 192)
 
 
 def test_a_fixed_step_benchmark_trains_with_the_values_of_the_budget_it_stands_for():
@@ -131,7 +136,8 @@ def test_a_fixed_step_benchmark_trains_with_the_values_of_the_budget_it_stands_f
         for typed in ([], ["--dropout", "0.05"]):
             flags = quality.budget_flags(budget, typed)
             assert settings("--max_time", "0", *flags, *typed) == settings("--max_time", str(budget), *typed)
-    assert quality.budget_flags(rows[-1], []) == []  # ... and the longest row is what no limit takes
+    # ... and the longest row's values are what no limit takes
+    assert settings("--max_time", "0", *quality.budget_flags(rows[-1], [])) == settings("--max_time", "0")
 
 
 def test_a_short_run_fits_the_default_warmup_and_a_typed_one_is_kept(capsys):
