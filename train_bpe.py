@@ -152,9 +152,10 @@ FLAGS: list[tuple[str, list[tuple[str, dict]]]] = [
                                       "then with it (0: from the start); a model memorises only after several "
                                       "passes, and dropout before that only slows it down")),
         ("--dropout_below", dict(type=finite_float, default=0.0, metavar="TOKENS_PER_PARAM",
-                                 help="use dropout only on a corpus of fewer training tokens per parameter than "
-                                      "this, one the model can memorise; a larger corpus trains without it (0: "
-                                      "on any corpus, as is a --dropout you type without this flag)")),
+                                 help="a new run uses dropout only on a corpus of fewer training tokens per "
+                                      "parameter than this, one the model can memorise; a larger corpus trains "
+                                      "without it (0: on any corpus, as is a dropout above 0 you type without "
+                                      "this flag; a resumed run keeps its own)")),
         ("--init_from", dict(metavar="SOURCE",
                              help="start from existing weights and fine-tune them on the corpus: one of our .pt "
                                   "checkpoints, a Hugging Face GPT-2 folder, or a hub name (gpt2, distilgpt2, ...; "
@@ -286,7 +287,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
         parser.error("--resume and --init_from cannot be used together: --resume continues a run exactly, "
                      "--init_from starts a new run from existing weights")
     args = argparse.Namespace(**(defaults(parser, typed) | typed))
-    if typed.keys() & {"dropout", "attn_dropout"} and "dropout_below" not in typed:
+    if (typed.get("dropout") or typed.get("attn_dropout")) and "dropout_below" not in typed:
         args.dropout_below = 0.0  # a dropout the user typed is the one they want, on any corpus
     if "warmup_steps" not in typed and "resume" not in typed:  # a resumed run keeps its own schedule
         args.warmup_steps = schedule.fitted_warmup(args.warmup_steps, args.max_steps)

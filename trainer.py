@@ -232,7 +232,9 @@ def fit_dropout_to_corpus(args, run_data: RunData, source: pretrained.Source | N
     print(f"note: no dropout in this run: {tokens:,} training tokens for {params / 1e6:.2f}M parameters "
           f"({tokens / params:.2f} per parameter, at least --dropout_below {args.dropout_below:g}) is too much "
           f"text for this model to memorise, so dropout would only slow it down (--dropout_below 0 keeps it)")
-    args.dropout = args.attn_dropout = 0.0
+    args.dropout = 0.0
+    if args.attn_dropout is not None:  # None stays "the same as --dropout"
+        args.attn_dropout = 0.0
 
 
 def layout(args) -> dict:

@@ -145,16 +145,19 @@ def test_dropout_below_trains_a_corpus_large_for_the_model_without_dropout(tiny_
     capsys.readouterr()
     large = dropout_after_run(tiny_file, tiny_tokenizer, tmp_path / "large", "--max_steps", "8", "--dropout", "0.3",
                               "--dropout_below", "0.001")
-    [note] = [line for line in capsys.readouterr().out.splitlines() if "per parameter" in line]
+    [note] = [line for line in capsys.readouterr().out.splitlines() if "per parameter" in line]  # no small-corpus one
     small = dropout_after_run(tiny_file, tiny_tokenizer, tmp_path / "small", "--max_steps", "8", "--dropout", "0.3",
                               "--dropout_below", "1000")
+    [small_note] = [line for line in capsys.readouterr().out.splitlines() if "per parameter" in line]
     assert "no dropout in this run" in note and "at least --dropout_below 0.001" in note
+    assert "small corpus" in small_note  # below the line the corpus counts as small, and dropout stays
     assert [r["loss"] for r in large.values()] == [r["loss"] for r in plain.values()]  # trained as without dropout
     assert [r["loss"] for r in small.values()] != [r["loss"] for r in plain.values()]
     configs = {d: load_checkpoint(tmp_path / d / trainer.LAST_NAME)["config"] for d in ("large", "small")}
     assert configs["large"]["dropout"] == 0.0 and configs["small"]["dropout"] == 0.3  # what each run trained with
 
     # A resumed run keeps the dropout it started with, whatever --dropout_below the resume is given.
-    assert train_bpe.main(["--resume", str(tmp_path / "large" / trainer.LAST_NAME), "--max_steps", "10",
-                           "--dropout_below", "0"]) == 0
-    assert load_checkpoint(tmp_path / "large" / trainer.LAST_NAME)["config"]["dropout"] == 0.0
+    assert train_bpe.main(["--resume", str(tmp_path / "small" / trainer.LAST_NAME), "--max_steps", "10",
+                           "--dropout_below", "0.001"]) == 0
+    assert "no dropout in this run" not in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "small" / trainer.LAST_NAME)["config"]["dropout"] == 0.3

@@ -115,6 +115,7 @@ def test_a_longer_budget_takes_the_presets_rows_and_typed_flags_still_win():
     # A dropout the user types is used on any corpus, unless they also type where it stops.
     assert budget_values("--preset", "cpu", "--max_time", "600", "--dropout", "0.1") == (0.1, 0.8, 7.0, 0.0, 192)
     assert budget_values("--preset", "cpu", "--max_time", "600", "--attn_dropout", "0.1")[3] == 0.0
+    assert budget_values("--preset", "cpu", "--max_time", "600", "--attn_dropout", "0")[3] == 0.4  # none typed
     assert budget_values("--preset", "cpu", "--max_time", "600", "--dropout", "0.1",
                          "--dropout_below", "2") == (0.1, 0.8, 7.0, 2.0, 192)
 
