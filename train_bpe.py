@@ -76,7 +76,7 @@ PRESETS = {
 # 0.3 left 300 s behind it (2.108, 2.126 for seeds 42, 43); 0.2 gives 2.079 there ("Quality per second VIII").
 # From 600 s a 4 x 192 model (3,200 steps in 600 s against 4,800) scores better on both corpora: Shakespeare
 # 2.053 and 2.041 (seeds 42, 43) against 2.056 and 2.050, Python 1.472 against 1.486 ("Quality per second IX").
-# At 30 minutes dropout 0.3 gave Shakespeare 2.018 and 2.032 (seeds 42, 43; 0.2 not measured there), better
+# At 30 minutes dropout 0.3 gave Shakespeare 2.018 and 2.032 (seeds 42, 43; 0.2 gave 2.079 for seed 42), better
 # than at 600 s, but Python 1.537 (1.486 with 0.2), worse than at 600 s; without dropout Python scored 1.412
 # (1.408 with the gate below). Dropout pays only where the model can memorise its corpus: Shakespeare
 # has 0.24 training tokens per parameter of the 4 x 128 model and 0.12 of the 4 x 192, Python 1.2 and 0.63.
