@@ -87,7 +87,7 @@ def warn_if_hours(run: Run, state: TrainState) -> None:
 def note_small_corpus(model, run_data, best_name: str, small_below: float = 1.0) -> None:
     """One line when the corpus is small for the model (fewer than small_below training tokens per parameter:
     the run's --dropout_below where it has one, which was measured), so that memorising it is what to expect."""
-    tokens, params = len(run_data.token_data.train), sum(p.numel() for p in model.parameters())
+    tokens, params = len(run_data.token_data.train), model.num_params(non_embedding=False)
     if tokens >= small_below * params:
         return
     print(f"note: {tokens:,} training tokens for {params / 1e6:.2f}M parameters ({tokens / params:.2f} per "

@@ -34,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import train_bpe  # noqa: E402
+from schedule import parse_duration  # noqa: E402
 
 QUALITY = Path(__file__).resolve().parent / "quality.py"
 MIN_START_S = 60  # a run that would start with less time left than this is skipped
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (its final scoring is on the CPU)")
     p.add_argument("--deadline", type=float, default=3600, help="seconds for the whole screen (default 3600)")
     p.add_argument("--log", type=Path, required=True, help="append one JSON line per finished run here")
-    p.add_argument("--as_budget", help="train with the preset's values for this --max_time (quality.py's "
+    p.add_argument("--as_budget", type=parse_duration, help="train with the preset's values for this --max_time (quality.py's "
                                        "--as_budget; default: its own, the preset's 134 s)")
     p.add_argument("--keep", type=Path, help="folder for tokenizers and token caches (default: a temporary one)")
     args = p.parse_args(own)
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
                 return "skipped: too little time left"
             cmd = [sys.executable, str(QUALITY), "--steps", str(steps), "--threads", str(args.threads),
                    "--keep", str(keep), "--label", label, *corpus_flags(corpus),
-                   *(["--as_budget", args.as_budget] if args.as_budget else []),
+                   *(["--as_budget", str(args.as_budget)] if args.as_budget else []),
                    *(["--log", str(args.log)] if log else []), "--", *common, *flags]
             start = time.monotonic()
             try:
