@@ -44,11 +44,16 @@ from stopping import GracefulStop, StopNow, TrainingDiverged
 # attn_dropout 0: a --dropout given with the preset acts on the residual stream only, which keeps a CPU step
 # fast (attention dropout costs SDPA its fused kernel: ~1.7x the step) and scored better at 600 s on
 # Shakespeare (2.174 against 2.201 with dropout 0.2; "Quality per second IV").
+# QK-norm (RMSNorm on each head's queries and keys: Qwen3's layout, which exports as Qwen3ForCausalLM and GGUF
+# qwen3) costs 12% of a 4 x 128 step and pays for it at every budget measured, on a slower CPU than the one
+# above (~700 steps in 134 s): 134 s Shakespeare 2.120 against 2.192 (median of seeds 42-44, each seed won by
+# 0.021-0.077), Python 2.172 against 2.174; 600 s Shakespeare 2.049 against 2.077, Python 1.502 against 1.572
+# ("Quality per second XI"; --no-qk_norm takes it off).
 # Any flag given explicitly overrides its preset value, and its budget row's.
 PRESETS = {
     "cpu": dict(
         vocab_size=4096, n_layer=4, n_head=4, n_embed=128, block_size=256, dropout=0.0,
-        pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False,
+        pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, qk_norm=True,
         batch_size=8, grad_accum_steps=1, max_steps=100_000, max_time=134.0, warmup_steps=100, lr=2e-3,
         lr_schedule="wsd", min_lr_factor=0.0, optimizer="muon", cpu_bf16=True, eval_interval=250, eval_iters=20,
         use_cosine=True, attn_dropout=0.0, weight_decay=0.8, batch_order="epochs",

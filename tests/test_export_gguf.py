@@ -136,7 +136,7 @@ def test_special_ids_are_the_checkpoints_own(tmp_path):
 
 # --------------------------------------------------------------------------- Llama and Qwen3 layouts
 
-LLAMA = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False)  # --preset cpu's layout
+LLAMA = dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False)  # --preset cpu's layout, less its QK-norm
 ROPE_LAYOUTS = {
     "llama": LLAMA,
     "llama-untied": {**LLAMA, "tie_embeddings": False},
@@ -314,8 +314,8 @@ GREEDY_PROMPTS = ["ROMEO:", "def train_model(x):\n\tif x:"]
 NEW_TOKENS = 64
 
 
-# What llama.cpp runs: GPT-2's layout, --preset cpu's Llama one, and Qwen3's with an untied head.
-LLAMA_CPP_LAYOUTS = {"gpt2": {}, "llama": ROPE_LAYOUTS["llama"], "qwen3-untied": ROPE_LAYOUTS["qwen3-untied"]}
+# What llama.cpp runs: GPT-2's layout, Llama's, --preset cpu's (Qwen3's, tied head) and Qwen3's with an untied head.
+LLAMA_CPP_LAYOUTS = {"gpt2": {}, **{name: ROPE_LAYOUTS[name] for name in ("llama", "qwen3", "qwen3-untied")}}
 
 
 def layout_flags(layout: dict) -> list[str]:

@@ -10,7 +10,7 @@ import sample_bpe
 import train_bpe
 import trainer
 from checkpoint import load_checkpoint, load_model
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, architecture
 
 from helpers import ROOT, TINY_MODEL_ARGS
 
@@ -96,6 +96,9 @@ def test_preset_values_yield_to_explicit_flags():
     assert args.n_layer == 3 and args.n_embed == train_bpe.PRESETS["cpu"]["n_embed"]
     assert typed == {"preset": "cpu", "n_layer": 3}
     assert train_bpe.parse_args([])[0].n_embed == 384  # the GPU defaults without a preset
+    # The preset's layout is Qwen3's (it exports as qwen3); --no-qk_norm makes it Llama's (llama).
+    assert architecture(vars(train_bpe.parse_args(["--preset", "cpu"])[0])) == "qwen3"
+    assert architecture(vars(train_bpe.parse_args(["--preset", "cpu", "--no-qk_norm"])[0])) == "llama"
 
 
 def test_a_longer_budget_takes_the_presets_rows_and_typed_flags_still_win():
