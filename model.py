@@ -254,6 +254,17 @@ class CausalSelfAttention(nn.Module):
         y = self.attend(self.c_attn(x), cache, layer, rope, self.attn_dropout if self.training else 0.0)
         return dropout(self.c_proj(y), self.dropout, self.training)
 
+    def normalise_heads(self, qk: torch.Tensor) -> torch.Tensor:
+        """(B, 2nh, T, hs) queries then keys → each head RMS-normalised, queries times q_norm's gain and keys
+        times k_norm's: what q_norm and k_norm compute, in one pass over both (half the operations, which is
+        most of their cost in a one-token step)."""
+        nh, hs = self.n_head, qk.size(-1)
+        # (2nh, 1, hs): q_norm's gain for the query heads, k_norm's for the key heads
+        gain = torch.cat([self.q_norm.weight.expand(nh, hs), self.k_norm.weight.expand(nh, hs)])[:, None]
+        y = qk if qk.dtype == torch.float32 else qk.float()  # as RMSNorm: in float32, then back
+        y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.q_norm.eps)
+        return gain * (y if qk.dtype == torch.float32 else y.to(qk.dtype))
+
     def attend(self, qkv, cache: KVCache | None = None, layer: int = 0, rope=None, dropout_p: float = 0.0):
         """(B, T, 3C) queries, keys and values → (B, T, C): every head's attention, before the projection."""
         B, T, C = qkv.size(0), qkv.size(1), qkv.size(2) // 3
@@ -261,7 +272,7 @@ class CausalSelfAttention(nn.Module):
         qkv = qkv.view(B, T, 3 * nh, hs).transpose(1, 2)  # (B, 3nh, T, hs): query, key, value heads
         qk, v = qkv.split_with_sizes([2 * nh, nh], dim=1)  # (B, 2nh, T, hs), (B, nh, T, hs)
         if self.qk_norm:
-            qk = torch.cat([self.q_norm(qk[:, :nh]), self.k_norm(qk[:, nh:])], dim=1)
+            qk = self.normalise_heads(qk)
         if rope is not None:  # (cos, sin) of this step's positions: the cache's offset is already in them
             qk = rotate(qk, *rope)  # queries and keys in one go: half the calls of a one-token step
         q, k = qk.chunk(2, dim=1)  # (B, nh, T, hs) each

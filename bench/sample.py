@@ -2,7 +2,7 @@
 
     flock /tmp/cpu.lock python bench/sample.py                      # random weights, the default (seed) config
     flock /tmp/cpu.lock python bench/sample.py --ckpt bpe_best.pt   # a trained checkpoint
-    flock /tmp/cpu.lock python bench/sample.py --config 4,128,4,256,4096 --layout llama   # --preset cpu's model
+    flock /tmp/cpu.lock python bench/sample.py --config 4,128,4,256,4096 --layout qwen3   # --preset cpu's model
 
 Speed does not depend on the weights, so without --ckpt a freshly initialised model is used. Every row
 generates greedily after the same prompt, with the same threads; "same tokens" says whether a row's
@@ -29,6 +29,8 @@ import export_hf  # noqa: E402
 from checkpoint import load_model, save_checkpoint  # noqa: E402
 from cli import bf16_supported, resolve_device  # noqa: E402
 from model import GPT, LLAMA_LAYOUT, GPTConfig, architecture, use_decode_layout  # noqa: E402
+
+LAYOUTS = {"gpt2": {}, "llama": LLAMA_LAYOUT, "qwen3": {**LLAMA_LAYOUT, "qk_norm": True}}  # --layout's choices
 
 
 def timed(steps) -> tuple[float, float, list[list[int]]]:
@@ -86,8 +88,9 @@ def main(argv=None) -> int:
     p.add_argument("--ckpt", type=Path, help="checkpoint from train_bpe.py (default: random weights)")
     p.add_argument("--config", default="6,384,6,256,8000",
                    help="without --ckpt: layers,width,heads,block,vocab (default: the seed's 6 x 384)")
-    p.add_argument("--layout", choices=("gpt2", "llama"), default="gpt2",
-                   help="without --ckpt: GPT-2's layout or Llama's (rope, rmsnorm, swiglu, no bias: --preset cpu's)")
+    p.add_argument("--layout", choices=sorted(LAYOUTS), default="gpt2",
+                   help="without --ckpt: GPT-2's layout, Llama's (rope, rmsnorm, swiglu, no bias) or Qwen3's (Llama's "
+                        "with QK-norm: --preset cpu's)")
     p.add_argument("--prompt_tokens", type=int, default=16, help="prompt length in tokens")
     p.add_argument("--new_tokens", type=int, default=200, help="tokens to generate (prompt + new <= block)")
     p.add_argument("--batch", type=int, default=8, help="samples for the batched vs sequential rows")
@@ -103,7 +106,7 @@ def main(argv=None) -> int:
         model, *_ = load_model(args.ckpt, device)
     else:
         layers, width, heads, block, vocab = map(int, args.config.split(","))
-        layout = LLAMA_LAYOUT if args.layout == "llama" else {}
+        layout = LAYOUTS[args.layout]
         model = GPT(GPTConfig(vocab_size=vocab, block_size=block, n_layer=layers, n_head=heads, n_embed=width,
                               dropout=0.0, **layout)).to(device).eval()
     cfg = model.config
