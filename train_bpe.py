@@ -48,7 +48,9 @@ from stopping import GracefulStop, StopNow, TrainingDiverged
 # qwen3) costs 12% of a 4 x 128 step and pays for it at every budget measured, on a slower CPU than the one
 # above (~700 steps in 134 s): 134 s Shakespeare 2.120 against 2.192 (median of seeds 42-44, each seed won by
 # 0.021-0.077), Python 2.172 against 2.174; 600 s Shakespeare 2.049 against 2.077, Python 1.502 against 1.572
-# ("Quality per second XI"; --no-qk_norm takes it off).
+# ("Quality per second XI"; --no-qk_norm takes it off). Open: with it, 30 minutes on that machine scored 2.059
+# on Shakespeare, worse than its 600 s; not run there without it (the 30-minute row's dropout 0.3 was chosen
+# where 30 minutes made 55 passes, not 33).
 # Any flag given explicitly overrides its preset value, and its budget row's.
 PRESETS = {
     "cpu": dict(
