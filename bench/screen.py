@@ -70,8 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads per run (its final scoring is on the CPU)")
     p.add_argument("--deadline", type=float, default=3600, help="seconds for the whole screen (default 3600)")
     p.add_argument("--log", type=Path, required=True, help="append one JSON line per finished run here")
-    p.add_argument("--as_budget", type=parse_duration, help="train with the preset's values for this --max_time (quality.py's "
-                                       "--as_budget; default: its own, the preset's 134 s)")
+    p.add_argument("--as_budget", type=parse_duration,
+                   help="train with the preset's values for this --max_time (quality.py's --as_budget; default: its "
+                        "own, the preset's 134 s)")
     p.add_argument("--keep", type=Path, help="folder for tokenizers and token caches (default: a temporary one)")
     args = p.parse_args(own)
     if args.parallel < 1 or args.threads < 1 or not args.deadline > 0:
