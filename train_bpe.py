@@ -48,15 +48,19 @@ from stopping import GracefulStop, StopNow, TrainingDiverged
 # qwen3) costs 12% of a 4 x 128 step and pays for it at every budget measured, on a slower CPU than the one
 # above (~700 steps in 134 s): 134 s Shakespeare 2.120 against 2.192 (median of seeds 42-44, each seed won by
 # 0.021-0.077), Python 2.172 against 2.174; 600 s Shakespeare 2.049 against 2.077, Python 1.502 against 1.572
-# ("Quality per second XI"; --no-qk_norm takes it off). Open: with it, 30 minutes on that machine scored 2.059
-# on Shakespeare, worse than its 600 s; not run there without it (the 30-minute row's dropout 0.3 was chosen
-# where 30 minutes made 55 passes, not 33).
+# ("Quality per second XI"; --no-qk_norm takes it off). On that machine 30 minutes (35 passes) ties 600 s on
+# Shakespeare within a seed's spread, with or without QK-norm and with dropout 0.2 or 0.3 ("XII").
+# lr 3e-3 (AdamW's part: embeddings and gains; Muon's stays 0.02): QK-norm bounds the attention logits, and
+# with it a higher rate pays. At 700 steps (134 s there) Shakespeare -0.014 and -0.024 (seeds 42, 43), Python
+# -0.071; 4e-3 tied on Shakespeare and gave Python less, 6e-3 less on Shakespeare; Muon 0.03 tied ("XII").
+# From 300 s the rows keep 2e-3: at 600 s 3e-3 scored 2.054 and 2.070 (seeds 42, 43) against 2.049 and 2.060,
+# Python 1.504 against 1.502, and 300 s was not measured.
 # Any flag given explicitly overrides its preset value, and its budget row's.
 PRESETS = {
     "cpu": dict(
         vocab_size=4096, n_layer=4, n_head=4, n_embed=128, block_size=256, dropout=0.0,
         pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, qk_norm=True,
-        batch_size=8, grad_accum_steps=1, max_steps=100_000, max_time=134.0, warmup_steps=100, lr=2e-3,
+        batch_size=8, grad_accum_steps=1, max_steps=100_000, max_time=134.0, warmup_steps=100, lr=3e-3,
         lr_schedule="wsd", min_lr_factor=0.0, optimizer="muon", cpu_bf16=True, eval_interval=250, eval_iters=20,
         use_cosine=True, attn_dropout=0.0, weight_decay=0.8, batch_order="epochs",
     ),
@@ -93,7 +97,7 @@ PRESETS = {
 # (Shakespeare), so below 0.35-0.47 tokens per parameter ("Quality per second X").
 PRESET_BUDGETS = {
     "cpu": [
-        (300.0, dict(dropout=0.2, dropout_after=7.0, dropout_below=0.4)),
+        (300.0, dict(dropout=0.2, dropout_after=7.0, dropout_below=0.4, lr=2e-3)),
         (600.0, dict(n_embed=192)),
         (1800.0, dict(dropout=0.3)),
     ],
