@@ -171,10 +171,16 @@ class RMSNorm(nn.RMSNorm):
     autocast) the time of these five operations for forward + backward at the preset's (8, 256, 128)."""
 
     def forward(self, x):
-        # Llama's x.float() and .to(x.dtype), skipped for float32 input: no-ops that still cost ~0.4 us a call
-        y = x if x.dtype == torch.float32 else x.float()
-        y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps)  # (..., C)
-        return self.weight * (y if x.dtype == torch.float32 else y.to(x.dtype))
+        return self.weight * rms_normalise(x, self.eps)
+
+
+def rms_normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x divided by the root mean square of its last dimension, computed in float32 and returned in x's type
+    (Llama's arithmetic); RMSNorm and QK-norm multiply it by their gains."""
+    # Llama's x.float() and .to(x.dtype), skipped for float32 input: no-ops that still cost ~0.4 us a call
+    y = x if x.dtype == torch.float32 else x.float()
+    y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + eps)  # (..., C)
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
 def make_norm(config: GPTConfig) -> nn.Module:
@@ -261,9 +267,7 @@ class CausalSelfAttention(nn.Module):
         nh, hs = self.n_head, qk.size(-1)
         # (2nh, 1, hs): q_norm's gain for the query heads, k_norm's for the key heads
         gain = torch.cat([self.q_norm.weight.expand(nh, hs), self.k_norm.weight.expand(nh, hs)])[:, None]
-        y = qk if qk.dtype == torch.float32 else qk.float()  # as RMSNorm: in float32, then back
-        y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.q_norm.eps)
-        return gain * (y if qk.dtype == torch.float32 else y.to(qk.dtype))
+        return gain * rms_normalise(qk, self.q_norm.eps)
 
     def attend(self, qkv, cache: KVCache | None = None, layer: int = 0, rope=None, dropout_p: float = 0.0):
         """(B, T, 3C) queries, keys and values → (B, T, C): every head's attention, before the projection."""
