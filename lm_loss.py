@@ -68,10 +68,15 @@ def loss_and_grads(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
             logits = softcap * capped
         keep = (tc != -1)[:, None]  # (n, 1)
         safe = tc.clamp(min=0)[:, None]  # an ignored row's target is any valid index; keep zeroes it out
-        lse = logits.logsumexp(dim=-1, keepdim=True)  # (n, 1)
-        loss_sum += ((lse - logits.gather(1, safe)) * keep).sum()
-        grad = logits.sub_(lse).exp_()  # softmax, in place of the logits
-        grad.scatter_add_(1, safe, torch.full_like(lse, -1.0))  # minus the one-hot target
+        target_logits = logits.gather(1, safe)  # (n, 1)
+        # The softmax in place of the logits, with one exponential per logit (logsumexp and then a softmax
+        # take two, and one more pass: 0.74 against 1.23 ms for (256, 4096) float32 logits on a 2-core CPU)
+        most = logits.amax(dim=-1, keepdim=True)  # (n, 1)
+        grad = logits.sub_(most).exp_()
+        total = grad.sum(dim=-1, keepdim=True)  # (n, 1)
+        loss_sum += ((most + total.log() - target_logits) * keep).sum()  # log-sum-exp minus the target's logit
+        grad.div_(total)
+        grad.scatter_add_(1, safe, torch.full_like(total, -1.0))  # minus the one-hot target
         grad.mul_(keep)
         if softcap:
             grad.mul_(1 - capped.square())  # through cap * tanh(z / cap)
