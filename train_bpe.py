@@ -58,7 +58,7 @@ from stopping import GracefulStop, StopNow, TrainingDiverged
 # Any flag given explicitly overrides its preset value, and its budget row's.
 PRESETS = {
     "cpu": dict(
-        vocab_size=4096, n_layer=4, n_head=4, n_embed=128, block_size=256, dropout=0.0,
+        vocab_size=4096, n_layer=4, n_head=2, n_embed=128, block_size=256, dropout=0.0,
         pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, qk_norm=True,
         batch_size=8, grad_accum_steps=1, max_steps=100_000, max_time=134.0, warmup_steps=100, lr=3e-3,
         lr_schedule="wsd", min_lr_factor=0.0, optimizer="muon", cpu_bf16=True, eval_interval=250, eval_iters=20,
@@ -66,6 +66,10 @@ PRESETS = {
     ),
 }
 
+# Two heads of 64 rather than four of 32, at 700 equal steps: Shakespeare 2.126 and 2.117 against 2.141 and
+# 2.118 (seeds 42, 43), Python 1.923 and 2.024 against 2.025 and 2.067; one head of 128 did worse than two on
+# both (2.152, 2.025). CPU attention is also faster with fewer, wider heads: a step takes 0.94 of the time.
+# bench/RESULTS.md, "Quality per second XIII".
 # Shuffled passes (batch_order "epochs") and weight decay 0.8 (on every matrix, Muon's too), at 1150 steps,
 # seed 42: Shakespeare 2.094 against 2.139 with random windows and 0.6; Python 1.981 against 1.997 (seed 43:
 # 2.012 against 2.037). Random windows cover a corpus unevenly: in 7 passes' worth of them a token is a target
@@ -95,10 +99,17 @@ PRESETS = {
 # model can hold its whole training text: a language model stores about 2 bits per parameter (Allen-Zhu and
 # Li 2024, "Physics of Language Models: Part 3.3"), and at these scores a token holds 4.3 bits (Python) to 5.7
 # (Shakespeare), so below 0.35-0.47 tokens per parameter ("Quality per second X").
+# The 134 s preset's rate 3e-3 and two heads hold at 300 s too: at 1500 equal steps with the 300 s values,
+# Shakespeare 2.095 and 2.088 (seeds 42, 43) against 2.078 and 2.103 with 2e-3 and four heads, Python 1.583
+# against 1.643. The 4 x 192 model from 600 s keeps the rate 2e-3 it was measured with, and takes three heads of
+# 64 rather than four of 48: at 1800 equal steps Shakespeare 2.031 against 2.048, Python 1.503 against 1.502, a
+# step 0.97 of the time ("Quality per second XIII").
+PRESET_HEAD_SIZE = 64
+
 PRESET_BUDGETS = {
     "cpu": [
-        (300.0, dict(dropout=0.2, dropout_after=7.0, dropout_below=0.4, lr=2e-3)),
-        (600.0, dict(n_embed=192)),
+        (300.0, dict(dropout=0.2, dropout_after=7.0, dropout_below=0.4)),
+        (600.0, dict(n_embed=192, n_head=3, lr=2e-3)),
         (1800.0, dict(dropout=0.3)),
     ],
 }
@@ -286,6 +297,11 @@ def defaults(parser: argparse.ArgumentParser, typed: dict) -> dict:
     for from_seconds, row in PRESET_BUDGETS[preset]:
         if budget is None or budget >= from_seconds:
             values |= row
+    # The preset's heads are 64 wide ("Quality per second XIII"): a width you type gets as many heads as that
+    # makes, where 64 divides it, rather than the head count the rows chose for their own width.
+    width = typed.get("n_embed")
+    if width and "n_head" not in typed and width % PRESET_HEAD_SIZE == 0:
+        values["n_head"] = width // PRESET_HEAD_SIZE
     return values
 
 
@@ -314,7 +330,7 @@ def check_args(args) -> str | None:
     """The first thing wrong with the flags together, as a message, or None (single values are checked
     by their argparse types)."""
     if args.n_embed % args.n_head:
-        return f"--n_embed {args.n_embed} is not divisible by --n_head {args.n_head}"
+        return f"--n_embed {args.n_embed} is not divisible by --n_head {args.n_head}: pass an --n_head that divides it"
     if args.cache_dir is not None and args.cache_dir.exists() and not args.cache_dir.is_dir():
         return f"--cache_dir {args.cache_dir} is a file: pass a folder (it is created if missing)"
     for name in ("dropout", "attn_dropout"):

@@ -115,6 +115,18 @@ def test_a_longer_budget_takes_the_presets_rows_and_typed_flags_still_win():
     assert budget_values("--preset", "cpu", "--max_time", "1:00:00", "--n_embed", "128") == (0.3, 0.8, 7.0, 0.4, 128)
     assert budget_values("--preset", "cpu", "--weight_decay", "0.1") == (0.0, 0.1, 0.0, 0.0, 128)
     assert budget_values("--max_time", "600") == (0.1, 0.1, 0.0, 0.0, 384)  # no preset, no rows
+    # Two heads of 64 and AdamW's rate 3e-3 up to 300 s; the 4 x 192 model takes three heads of 64 and 2e-3.
+    def heads_and_rate(*argv):
+        args = train_bpe.parse_args(list(argv))[0]
+        return args.n_head, args.lr
+
+    assert heads_and_rate("--preset", "cpu", "--max_time", "5:00") == (2, 3e-3)
+    assert heads_and_rate("--preset", "cpu", "--max_time", "10:00") == (3, 2e-3)
+    assert heads_and_rate("--preset", "cpu", "--max_time", "10:00", "--n_head", "2") == (2, 2e-3)
+    # A width you type keeps heads of 64 where 64 divides it; otherwise the preset's count stands
+    assert heads_and_rate("--preset", "cpu", "--max_time", "10:00", "--n_embed", "128") == (2, 2e-3)
+    assert heads_and_rate("--preset", "cpu", "--n_embed", "256") == (4, 3e-3)
+    assert heads_and_rate("--preset", "cpu", "--n_embed", "160") == (2, 3e-3)
     # A dropout the user types is used on any corpus, unless they also type where it stops.
     assert budget_values("--preset", "cpu", "--max_time", "600", "--dropout", "0.1") == (0.1, 0.8, 7.0, 0.0, 192)
     assert budget_values("--preset", "cpu", "--max_time", "600", "--attn_dropout", "0.1")[3] == 0.0
