@@ -102,8 +102,8 @@ PRESETS = {
 # The 134 s preset's rate 3e-3 and two heads hold at 300 s too: at 1500 equal steps with the 300 s values,
 # Shakespeare 2.095 and 2.088 (seeds 42, 43) against 2.078 and 2.103 with 2e-3 and four heads, Python 1.583
 # against 1.643. The 4 x 192 model from 600 s keeps the rate 2e-3 it was measured with, and takes three heads of
-# 64 rather than four of 48: at 1800 equal steps Shakespeare 2.031 against 2.048, Python 1.503 against 1.502, a
-# step 0.97 of the time ("Quality per second XIII").
+# 64 rather than four of 48: at 1800 equal steps Shakespeare 2.031 and 2.048 against 2.048 and 2.069 (seeds 42,
+# 43), Python 1.503 against 1.502, a step 0.97 of the time ("Quality per second XIII").
 PRESET_HEAD_SIZE = 64
 
 PRESET_BUDGETS = {
