@@ -101,7 +101,8 @@ def choose_tokenizer(args, corpus: data.Corpus, world: distributed.World, resume
     if args.tokenizer:
         return tokenizer.load(args.tokenizer), args.tokenizer
     return tokenizer.train(args.tokenizer_type, corpus, args.vocab_size, args.tokenizer_train_bytes,
-                           end=data.tokenizer_text_end(corpus)), None  # never the held-out text
+                           end=data.tokenizer_text_end(corpus),  # never the held-out text
+                           min_frequency=args.min_frequency), None
 
 
 def prepare_data(args, world: distributed.World, resume: resume_.Resume | None = None,
@@ -138,6 +139,10 @@ def prepare_data(args, world: distributed.World, resume: resume_.Resume | None =
         check_tokenizer_text(corpus, token_data)
     if world.is_main:
         world.broadcast(str(tok_path))  # lets the other ranks go
+    if trained_now and args.min_frequency and tok.get_vocab_size() < args.vocab_size:
+        print(f"note: the tokenizer stopped at {tok.get_vocab_size()} of --vocab_size {args.vocab_size} tokens: the "
+              f"corpus has no more pairs that occur at least --min_frequency {args.min_frequency} times (rarer "
+              f"tokens would be too rare to learn; --min_frequency 0 merges up to --vocab_size)")
     print(f"tokenizer: {tok.get_vocab_size()} tokens ({tok_path}); dataset: "
           f"{len(token_data.train) + len(token_data.val):,} tokens, "
           f"{len(token_data.train):,} train / {len(token_data.val):,} val")

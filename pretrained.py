@@ -30,7 +30,7 @@ HUB_FILES = ["config.json", "model.safetensors", "pytorch_model.bin", "tokenizer
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 GPT2_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # both are GELU's tanh approximation, as our MLP
 SHAPE_FLAGS = ("n_layer", "n_head", "n_embed", "vocab_size")  # fixed by the source: a typed other value is an error
-TOKENIZER_FLAGS = ("tokenizer", "tokenizer_type")  # the source's tokenizer is used as it is
+TOKENIZER_FLAGS = ("tokenizer", "tokenizer_type", "min_frequency")  # the source's tokenizer is used as it is
 
 # Defaults for a run that starts from a model that knows language already, measured with bench/finetune.py
 # (bench/RESULTS.md, "Fine-tuning"): a lower learning rate than from scratch (large steps would wreck what
@@ -272,7 +272,8 @@ def merged_flags(args: argparse.Namespace, typed: dict, source: Source) -> tuple
     if "warmup_steps" in defaults:
         defaults["warmup_steps"] = schedule.fitted_warmup(defaults["warmup_steps"], args.max_steps)
     merged = argparse.Namespace(**{**vars(args), **defaults, **own, **layout, "block_size": block, "tokenizer": None,
-                                   "tokenizer_type": tokenizer.kind(source.tok), "tokenizer_path": source.tok_path})
+                                   "tokenizer_type": tokenizer.kind(source.tok), "tokenizer_path": source.tok_path,
+                                   "min_frequency": 0})
     notes = [f"init_from: {source.describe()}"]
     if block < config.block_size:
         notes.append(f"init_from: context cropped to {block} tokens (of {config.block_size})")

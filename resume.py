@@ -23,7 +23,7 @@ from model import LAYOUT_FIELDS
 # Typed with a different value, these would give a model (or, for --optimizer, an optimizer state, and for
 # the tokenizer flags, a token stream) that the checkpoint does not fit: a resumed run keeps its own.
 FIXED_FLAGS = ("preset", "vocab_size", "n_layer", "n_head", "n_embed", "block_size", "optimizer",
-               "tokenizer_type", "tokenizer_path", "tokenizer_train_bytes",
+               "tokenizer_type", "tokenizer_path", "tokenizer_train_bytes", "min_frequency",
                *(name for name in LAYOUT_FIELDS if name != "zero_init_proj"))  # initialisation only
 # One corpus flag typed replaces both: they are mutually exclusive.
 CORPUS_FLAGS = ("data_file", "data_dir")

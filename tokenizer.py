@@ -152,12 +152,14 @@ def kind(tok) -> str:
 
 
 def train(tokenizer_type: str, corpus: data.Corpus, vocab_size: int, max_bytes: int | None = None,
-          end: int | None = None):
+          end: int | None = None, min_frequency: int = 0):
     """A new tokenizer of the given kind, trained on the corpus' first `end` bytes (all for None) or their
-    max_bytes sample (data.training_texts)."""
+    max_bytes sample (data.training_texts). min_frequency: byte-level BPE only (train_bpe)."""
     if tokenizer_type == "sentencepiece":
+        if min_frequency:
+            raise ValueError("min_frequency applies to byte-level BPE only")
         return train_sentencepiece(corpus, vocab_size, max_bytes, end)
-    return train_bpe(corpus, vocab_size, max_bytes, end)
+    return train_bpe(corpus, vocab_size, max_bytes, end, min_frequency)
 
 
 def _text_with_progress(corpus: data.Corpus, max_bytes: int | None, end: int | None, desc: str) -> Iterator[str]:
@@ -168,9 +170,12 @@ def _text_with_progress(corpus: data.Corpus, max_bytes: int | None, end: int | N
             yield text
 
 
-def train_bpe(corpus: data.Corpus, vocab_size: int, max_bytes: int | None = None, end: int | None = None) -> Tokenizer:
+def train_bpe(corpus: data.Corpus, vocab_size: int, max_bytes: int | None = None, end: int | None = None,
+              min_frequency: int = 0) -> Tokenizer:
     """Trains a byte-level BPE on a stream of the corpus' text (or its max_bytes sample): every string
-    round-trips exactly, whitespace and emoji included."""
+    round-trips exactly, whitespace and emoji included. With min_frequency, only pairs that occur at least
+    that many times in the text are merged: the vocabulary stops growing below vocab_size on a small corpus
+    rather than adding tokens too rare for the model to learn."""
     if vocab_size < MIN_VOCAB_SIZE:
         raise data.DataError(f"--vocab_size {vocab_size} is too small: byte-level BPE needs at least {MIN_VOCAB_SIZE}")
     tok = Tokenizer(models.BPE())
@@ -178,6 +183,7 @@ def train_bpe(corpus: data.Corpus, vocab_size: int, max_bytes: int | None = None
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
+        min_frequency=min_frequency,
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
         show_progress=False,  # our own bar counts bytes

@@ -58,7 +58,7 @@ from stopping import GracefulStop, StopNow, TrainingDiverged
 # Any flag given explicitly overrides its preset value, and its budget row's.
 PRESETS = {
     "cpu": dict(
-        vocab_size=4096, n_layer=4, n_head=2, n_embed=128, block_size=256, dropout=0.0,
+        vocab_size=4096, min_frequency=32, n_layer=4, n_head=2, n_embed=128, block_size=256, dropout=0.0,
         pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False, qk_norm=True,
         batch_size=8, grad_accum_steps=1, max_steps=100_000, max_time=134.0, warmup_steps=100, lr=3e-3,
         lr_schedule="wsd", min_lr_factor=0.0, optimizer="muon", cpu_bf16=True, eval_interval=250, eval_iters=20,
@@ -66,6 +66,15 @@ PRESETS = {
     ),
 }
 
+# min_frequency 32: BPE stops merging at the first pair that occurs fewer than 32 times in the tokenizer's text, so
+# tiny Shakespeare gets 2,092 tokens rather than 4096, and the 6 MB Python corpus the same 4096 as before (the
+# same tokenizer, byte for byte: its 4096th merge still occurs more often). At 700 equal steps Shakespeare scored
+# 2.100 and 2.094 against 2.126 and 2.117 (seeds 42, 43), and a step takes 0.91 of the time. A fixed 2048 did as
+# well on Shakespeare (2.105, 2.090), but 4096 had beaten 2048 on code by 0.079 at 134 s ("III"), and at 700 steps
+# Python's seeds spread too far to tell (2.174, 1.833 against 1.923, 2.024); 1536 and 3072 gained less on
+# Shakespeare (2.125, 2.122). The rows keep it: the 300 s values at 1500 equal steps 2.077 and 2.083 against
+# 2.095 and 2.088, the 600 s values at 1800 steps 2.030 and 2.021 against 2.031 and 2.048. bench/RESULTS.md,
+# "Quality per second XIV".
 # Two heads of 64 rather than four of 32, at 700 equal steps: Shakespeare 2.126 and 2.117 against 2.141 and
 # 2.118 (seeds 42, 43), Python 1.923 and 2.024 against 2.025 and 2.067; one head of 128 did worse than two on
 # both (2.152, 2.025). CPU attention is also faster with fewer, wider heads: a step takes 0.94 of the time.
@@ -154,6 +163,10 @@ FLAGS: list[tuple[str, list[tuple[str, dict]]]] = [
         ("--vocab_size", dict(type=bounded_int(tokenizer.MIN_VOCAB_SIZE, MAX_VOCAB), default=8000,
                               help="most tokens in the vocabulary, specials included (it stops growing when "
                                    "the corpus offers no more merges)")),
+        ("--min_frequency", dict(type=bounded_int(0, MAX_COUNT), default=0,
+                                 help="byte-level BPE: merge only pairs of tokens that occur at least this often "
+                                      "in the tokenizer's training text, so a small corpus gets fewer tokens than "
+                                      "--vocab_size, each seen often enough to learn (0: merge up to --vocab_size)")),
         ("--tokenizer_train_bytes", dict(type=bounded_int(0, 2**62), default=data.DEFAULT_TOKENIZER_TRAIN_BYTES,
                                          help="train the tokenizer on an even, deterministic sample of about this "
                                               "many bytes of a bigger corpus (0 = all of it)")),
@@ -315,6 +328,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
         parser.error("--resume and --init_from cannot be used together: --resume continues a run exactly, "
                      "--init_from starts a new run from existing weights")
     args = argparse.Namespace(**(defaults(parser, typed) | typed))
+    if args.tokenizer_type != "bpe" and "min_frequency" not in typed:
+        args.min_frequency = 0  # a preset's value is for byte-level BPE; SentencePiece has no such setting
     if (typed.get("dropout") or typed.get("attn_dropout")) and "dropout_below" not in typed:
         args.dropout_below = 0.0  # a dropout the user typed is the one they want, on any corpus
     if "warmup_steps" not in typed and "resume" not in typed:  # a resumed run keeps its own schedule
@@ -337,6 +352,9 @@ def check_args(args) -> str | None:
         value = getattr(args, name)
         if value is not None and not 0 <= value < 1:
             return f"--{name} must be in [0, 1), got {value}"
+    if args.min_frequency and args.tokenizer_type != "bpe":
+        return (f"--min_frequency applies to byte-level BPE only: drop it with --tokenizer_type "
+                f"{args.tokenizer_type}")
     for name in ("lr", "muon_lr"):
         if not 0 < getattr(args, name) <= 10:
             return f"--{name} must be a positive number up to 10, got {getattr(args, name)}"

@@ -65,11 +65,12 @@ def reuse_flags(args, out: Path, extra: list[str]) -> tuple[list[str], Path]:
     Returns (flags for train_bpe.py, the cache folder)."""
     if args.keep is None:
         return ["--tokenizer_path", str(out / "tokenizer.json")], out / "token_cache"
-    vocab = train_bpe.parse_args(["--preset", "cpu", *extra])[0].vocab_size
+    flags = train_bpe.parse_args(["--preset", "cpu", *extra])[0]
+    vocab = f"v{flags.vocab_size}" + (f"-f{flags.min_frequency}" if flags.min_frequency else "")
     corpus = args.data_dir or args.data_file
     # "train-part": tokenizers trained on the text before the held-out split (data.tokenizer_text_end); kept
     # tokenizers from before, trained on all of it, had seen the held-out text and must not be reused
-    tag = f"{corpus.name}-{hashlib.sha1(str(corpus.resolve()).encode()).hexdigest()[:8]}-v{vocab}-train-part2"
+    tag = f"{corpus.name}-{hashlib.sha1(str(corpus.resolve()).encode()).hexdigest()[:8]}-{vocab}-train-part2"
     tok_path, cache = args.keep / f"{tag}.json", args.keep / f"{tag}-cache"
     if tok_path.is_file():
         return ["--tokenizer", str(tok_path), "--cache_dir", str(cache)], cache

@@ -2,7 +2,7 @@
 
     flock /tmp/cpu.lock python bench/sample.py                      # random weights, the default (seed) config
     flock /tmp/cpu.lock python bench/sample.py --ckpt bpe_best.pt   # a trained checkpoint
-    flock /tmp/cpu.lock python bench/sample.py --config 4,128,2,256,4096 --layout qwen3   # --preset cpu's model
+    flock /tmp/cpu.lock python bench/sample.py --config 4,128,2,256,2092 --layout qwen3  # the preset's, input.txt
 
 Speed does not depend on the weights, so without --ckpt a freshly initialised model is used. Every row
 generates greedily after the same prompt, with the same threads; "same tokens" says whether a row's

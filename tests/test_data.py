@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,32 @@ def test_tokenizer_has_specials_at_fixed_ids_and_every_byte(tiny_tokenizer):
 def test_vocab_size_below_byte_alphabet_is_refused(tiny_file):
     with pytest.raises(data.DataError, match="--vocab_size 100"):
         tokenizer.train_bpe(data.scan_corpus(data_file=tiny_file), vocab_size=100)
+
+
+def merges(tok) -> list:
+    return json.loads(tok.to_str())["model"]["merges"]
+
+
+def test_min_frequency_stops_a_small_corpus_vocabulary_early(tiny_file):
+    """--min_frequency: merging stops at the first pair rarer than the count, so the vocabulary is the
+    head of the one merged without it, and text still round-trips."""
+    corpus = data.scan_corpus(data_file=tiny_file)
+    full = tokenizer.train_bpe(corpus, vocab_size=2000)
+    counts = [tokenizer.train_bpe(corpus, vocab_size=2000, min_frequency=n) for n in (4, 16, 10**6)]
+    sizes = [tok.get_vocab_size() for tok in counts]
+    assert full.get_vocab_size() > sizes[0] > sizes[1] > sizes[2]
+    assert sizes[2] == 256 + len(tokenizer.SPECIAL_TOKENS)  # no pair occurs a million times: bytes only
+    for tok in counts:
+        assert merges(tok) == merges(full)[: len(merges(tok))]
+        text = tiny_file.read_text(encoding="utf-8")
+        assert tok.decode(tok.encode(text, add_special_tokens=False).ids) == text
+
+
+def test_min_frequency_changes_nothing_where_the_text_has_enough_pairs(tiny_file):
+    """A corpus with enough text reaches --vocab_size before any pair is rarer than the count: the same
+    tokenizer, so a large corpus trains exactly as without the flag."""
+    corpus = data.scan_corpus(data_file=tiny_file)
+    assert tokenizer.train_bpe(corpus, 280, min_frequency=4).to_str() == tokenizer.train_bpe(corpus, 280).to_str()
 
 
 def test_folder_order_extension_filter_and_skip_rules(tmp_path):

@@ -99,6 +99,13 @@ def test_preset_values_yield_to_explicit_flags():
     # The preset's layout is Qwen3's (it exports as qwen3); --no-qk_norm makes it Llama's (llama).
     assert architecture(vars(train_bpe.parse_args(["--preset", "cpu"])[0])) == "qwen3"
     assert architecture(vars(train_bpe.parse_args(["--preset", "cpu", "--no-qk_norm"])[0])) == "llama"
+    # The preset's --min_frequency is byte-level BPE's: SentencePiece trains without it rather than failing.
+    def min_frequency(*argv):
+        return train_bpe.parse_args(["--preset", "cpu", *argv])[0].min_frequency
+
+    assert min_frequency() == min_frequency("--max_time", "0") == 32
+    assert min_frequency("--tokenizer_type", "sentencepiece") == 0
+    assert min_frequency("--min_frequency", "0") == 0
 
 
 def test_a_longer_budget_takes_the_presets_rows_and_typed_flags_still_win():
@@ -179,6 +186,16 @@ def test_run_log_shows_config_device_params_and_effective_batch(tiny_file, tmp_p
     assert "device: cpu" in out and "parameters:" in out
     assert "effective batch: 8 x 3 = 24 sequences" in out
     assert "val bits/byte" in out
+
+
+def test_a_corpus_without_enough_pairs_gets_a_smaller_vocabulary_and_says_so(tiny_file, tmp_path, capsys):
+    code = train_bpe.main(["--data_file", str(tiny_file), "--tokenizer_path", str(tmp_path / "t.json"),
+                           "--out_dir", str(tmp_path), *TINY_MODEL_ARGS, "--min_frequency", "40", "--max_steps", "2",
+                           "--eval_interval", "2", "--eval_iters", "1", "--warmup_steps", "0"])
+    out = capsys.readouterr().out
+    vocab = torch.load(tmp_path / "bpe_best.pt", weights_only=True)["config"]["vocab_size"]
+    assert code == 0 and 256 < vocab < 300
+    assert f"the tokenizer stopped at {vocab} of --vocab_size 300 tokens" in out and "--min_frequency 40" in out
 
 
 def test_reusing_a_tokenizer_skips_training(tiny_file, tiny_run, tmp_path):
