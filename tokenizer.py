@@ -154,10 +154,9 @@ def kind(tok) -> str:
 def train(tokenizer_type: str, corpus: data.Corpus, vocab_size: int, max_bytes: int | None = None,
           end: int | None = None, min_frequency: int = 0):
     """A new tokenizer of the given kind, trained on the corpus' first `end` bytes (all for None) or their
-    max_bytes sample (data.training_texts). min_frequency: byte-level BPE only (train_bpe)."""
+    max_bytes sample (data.training_texts). min_frequency is byte-level BPE's (train_bpe); train_bpe.check_args
+    refuses it with SentencePiece."""
     if tokenizer_type == "sentencepiece":
-        if min_frequency:
-            raise ValueError("min_frequency applies to byte-level BPE only")
         return train_sentencepiece(corpus, vocab_size, max_bytes, end)
     return train_bpe(corpus, vocab_size, max_bytes, end, min_frequency)
 
