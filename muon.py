@@ -22,20 +22,18 @@ import torch
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
-def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def orthogonalize(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
     """An approximately semi-orthogonal matrix with g's singular vectors (U V^T of g's SVD).
 
     g may be a stack (..., rows, cols) of matrices of one shape: each is orthogonalised on its own, in
-    the same batched products. dtype: the iterations' precision (bfloat16 as in modded-nanogpt: the
-    iteration only has to land singular values near 1, not exactly on it)."""
+    the same batched products."""
     a, b, c = NS_COEFFS
     x = g.float()
     transposed = x.size(-2) > x.size(-1)
     if transposed:  # iterate on the short side: X X^T is then the small Gram matrix
         x = x.mT
     # Frobenius norm >= spectral norm, so singular values start in [0, 1]
-    x = (x / (x.norm(dim=(-2, -1), keepdim=True) + eps)).to(dtype)
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
     for _ in range(steps):
         gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
@@ -49,8 +47,7 @@ class MuonAdamW(torch.optim.Optimizer):
     AdamW group keys: betas, eps, weight_decay.
     """
 
-    def __init__(self, param_groups, lr: float, ns_dtype: torch.dtype = torch.float32):
-        self.ns_dtype = ns_dtype  # the Newton-Schulz precision; not saved: a resumed run takes its machine's
+    def __init__(self, param_groups, lr: float):
         defaults = dict(lr=lr, muon=False, lr_scale=1.0, momentum=0.95, nesterov=True, ns_steps=5,
                         betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
         super().__init__(param_groups, defaults)
@@ -86,7 +83,7 @@ class MuonAdamW(torch.optim.Optimizer):
         # took 17 ms instead of 36, timed alone (bench/RESULTS.md, "Quality per second XIII").
         for same_shape in updates.values():
             params, stacked = zip(*same_shape)
-            for p, update in zip(params, orthogonalize(torch.stack(stacked), group["ns_steps"], dtype=self.ns_dtype)):
+            for p, update in zip(params, orthogonalize(torch.stack(stacked), group["ns_steps"])):
                 # Tall matrices get larger steps so every layer's update has a similar RMS per element,
                 # the scaling of the write-up's reference: sqrt(max(1, rows / cols)).
                 scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))

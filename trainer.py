@@ -112,11 +112,10 @@ class TrainState:
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device_type: str,
-                   name: str = "adamw", muon_lr: float = 0.02, ns_dtype: torch.dtype = torch.float32):
+                   name: str = "adamw", muon_lr: float = 0.02):
     """AdamW with weight decay on matrices (weights, embeddings) only, not on biases or LayerNorm gains.
 
-    name="muon": the Transformer blocks' weight matrices take Muon steps at muon_lr instead (muon.py), with
-    its iterations in ns_dtype.
+    name="muon": the Transformer blocks' weight matrices take Muon steps at muon_lr instead (muon.py).
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if name == "muon":
@@ -127,7 +126,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, devic
             {"params": [p for n, p in named if n not in hidden and p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for n, p in named if p.dim() < 2], "weight_decay": 0.0},
         ]
-        return muon.MuonAdamW(groups, lr=lr, ns_dtype=ns_dtype)
+        return muon.MuonAdamW(groups, lr=lr)
     groups = [
         {"params": [p for _, p in named if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for _, p in named if p.dim() < 2], "weight_decay": 0.0},
@@ -185,11 +184,7 @@ def setup(args, world: distributed.World, run_data: RunData, resume: resume_.Res
         torch.backends.cudnn.allow_tf32 = True
     state = TrainState(
         raw_model=raw_model,
-        # Muon's iterations in bf16 where the run computes in bf16 (modded-nanogpt does the same on GPUs): on this
-        # CPU the preset's 16 matrices take 12 ms instead of 19, and at 700 equal steps the scores tie
-        # (bench/RESULTS.md, "Quality per second XV"). fp16 runs keep float32: not measured in fp16.
-        optimizer=make_optimizer(raw_model, args.lr, args.weight_decay, device.type, args.optimizer, args.muon_lr,
-                                 ns_dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32),
+        optimizer=make_optimizer(raw_model, args.lr, args.weight_decay, device.type, args.optimizer, args.muon_lr),
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         generator=torch.Generator().manual_seed(world.rank_seed(args.seed)),  # each rank draws other batches
         skipped=SkippedSteps(args.max_bad_steps),

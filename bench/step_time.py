@@ -5,8 +5,7 @@
 
 Each argument after "--" is one setting: train_bpe.py flags on top of --preset cpu ("" = the preset),
 optionally led by "threads=N" to run it with N torch threads (default: torch's, all cores), then by
-"loss=plain" to compute the loss through the whole logits instead of lm_loss's chunks, then by "ns=float32"
-to run Muon's Newton-Schulz iterations in float32 where the run would take its bf16.
+"loss=plain" to compute the loss through the whole logits instead of lm_loss's chunks.
 Every repeat times every setting once, in turn, so a change in the machine's load hits all of them
 alike; the median over repeats is reported with its ratio to the first setting. A step is
 trainer.train_step itself (forward, backward, clipping, optimizer) on random tokens: the speed of
@@ -54,8 +53,6 @@ def time_setting(flags: str, warmup: int, steps: int, out: Path) -> tuple[float,
     threads = int(words.pop(0).split("=")[1]) if words and words[0].startswith("threads=") else DEFAULT_THREADS
     plain_loss = bool(words) and words[0] == "loss=plain"
     words = words[1:] if plain_loss else words
-    ns_float32 = bool(words) and words[0] == "ns=float32"
-    words = words[1:] if ns_float32 else words
     torch.set_num_threads(threads)
     args, _ = train_bpe.parse_args(["--preset", "cpu", "--out_dir", str(out), *words])
     tokens = np.random.default_rng(0).integers(4, args.vocab_size, 400_000).astype(np.int64)
@@ -63,8 +60,6 @@ def time_setting(flags: str, warmup: int, steps: int, out: Path) -> tuple[float,
     run_data = RunData(FakeTokenizer(args.vocab_size), out / "none.json", None, token_data, "", 0)
     run, state = trainer.setup(args, distributed.World(), run_data)
     state.raw_model.chunked_loss = not plain_loss
-    if ns_float32:
-        state.optimizer.ns_dtype = torch.float32
     for _ in range(warmup):
         trainer.train_step(run, state)
     wall, cpu = time.perf_counter(), time.process_time()

@@ -17,13 +17,11 @@ from model import GPT, GPTConfig
 from helpers import TINY_MODEL_ARGS
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(64, 16), (16, 64), (96, 24)])
-def test_orthogonalize_flattens_the_spectrum_and_keeps_the_directions(shape, dtype):
+def test_orthogonalize_flattens_the_spectrum_and_keeps_the_directions(shape):
     g = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
     g[:, 0] *= 50  # a badly conditioned gradient: one direction dominates
-    x = muon.orthogonalize(g, dtype=dtype)
-    assert x.dtype == torch.float32  # the gradient's type, whatever the iterations ran in
+    x = muon.orthogonalize(g)
     s = torch.linalg.svdvals(x)
     assert s.min() > 0.5 and s.max() < 1.3  # every direction moves at a similar rate
     u, _, vh = torch.linalg.svd(g, full_matrices=False)
@@ -102,36 +100,6 @@ def test_muon_trains_every_parameter_and_overfits_one_batch():
         opt.zero_grad(set_to_none=True)
     assert loss.item() < 0.3 * first
     assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())
-
-
-def test_bf16_iterations_give_nearly_the_float32_update():
-    """A run in bf16 orthogonalises in bf16 (faster on a CPU): the update must still be the same one, to within
-    bf16's rounding (8 bits of mantissa, 0.4% an operation) grown by five iterations."""
-    g = torch.randn(3, 48, 16, generator=torch.Generator().manual_seed(2))
-    exact, fast = muon.orthogonalize(g), muon.orthogonalize(g, dtype=torch.bfloat16)
-    for a, b in zip(exact, fast):
-        assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.99
-        assert (b.norm() / a.norm() - 1).abs() < 0.05
-
-
-@pytest.mark.parametrize("amp", ["--amp", "--no-amp"])
-def test_muon_iterates_in_the_runs_precision(tiny_file, tmp_path, monkeypatch, amp):
-    seen = set()
-    real = muon.orthogonalize
-
-    def recording(g, steps=5, eps=1e-7, dtype=torch.float32):
-        seen.add(dtype)
-        return real(g, steps, eps, dtype)
-
-    monkeypatch.setattr(muon, "orthogonalize", recording)
-    assert train_bpe.main([
-        "--data_file", str(tiny_file), "--tokenizer_path", str(tmp_path / "tok.json"), "--out_dir", str(tmp_path),
-        *TINY_MODEL_ARGS, "--max_steps", "2", "--eval_interval", "2", "--eval_iters", "1", "--warmup_steps", "1",
-        "--optimizer", "muon", amp,
-    ]) == 0
-    # bf16 where the run computes in bf16: with --amp on a CPU that has bf16 matmuls (others stay in float32)
-    bf16 = amp == "--amp" and cli.amp_dtype("cpu", cli.bf16_supported(torch.device("cpu"))) == torch.bfloat16
-    assert seen == {torch.bfloat16 if bf16 else torch.float32}
 
 
 def test_muon_run_checkpoints_and_keeps_the_gpt2_layout(tiny_file, tmp_path):
