@@ -9,13 +9,19 @@ still in cache, and the gradients of the hidden states and of the weight are com
 the forward pass (the idea of Liger-Kernel's fused linear cross-entropy, Hsu et al. 2024): the
 backward pass only scales them by the incoming gradient. Loss and gradients are those of
 F.cross_entropy(F.linear(h, weight), targets, ignore_index=-1), up to rounding.
+
+With a teacher (train_bpe.py --distill_from) the targets are soft: a share of each row's target is the
+teacher's next-token distribution, computed here chunk by chunk from its final hidden states, so that the
+teacher's logits never exist whole either.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 
 def chunk_rows(width: int) -> int:
@@ -26,20 +32,48 @@ def chunk_rows(width: int) -> int:
     return 128 * math.ceil(width / 96)
 
 
-def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float = 0.0) -> torch.Tensor:
+class Teacher(NamedTuple):
+    """What distillation needs of a teacher for a batch: its final hidden states (N, C') and output weight
+    (vocab, C'), its soft cap (0: none), and the share of the loss its distribution takes."""
+
+    hidden: torch.Tensor
+    head: torch.Tensor
+    softcap: float
+    share: float
+
+
+def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float = 0.0,
+                  teacher: Teacher | None = None) -> torch.Tensor:
     """Mean cross-entropy of logits h @ weight.T (optionally soft-capped: cap * tanh(logits / cap)) against
     targets; targets of -1 are ignored. h: (N, C), weight: (vocab, C), targets: (N,). Differentiable in h and
-    weight; under autocast the matrix products run in the autocast dtype, as F.linear's would."""
-    return ChunkedCrossEntropy.apply(h, weight, targets, softcap)
+    weight; under autocast the matrix products run in the autocast dtype, as F.linear's would. With a teacher,
+    each row's target is (1 - share) x its one-hot target + share x the teacher's distribution, as
+    distilled_cross_entropy computes from whole logits."""
+    return ChunkedCrossEntropy.apply(h, weight, targets, softcap, teacher)
+
+
+def capped(logits: torch.Tensor, softcap: float) -> torch.Tensor:
+    return softcap * torch.tanh(logits / softcap) if softcap else logits
+
+
+def distilled_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor,
+                            share: float) -> torch.Tensor:
+    """The loss of cross_entropy with a teacher, from whole (N, vocab) logits: the mean over rows whose target
+    is not -1 of (1 - share) x the targets' cross-entropy + share x the cross-entropy of the teacher's softmax."""
+    keep = targets != -1
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16 logits are summed in float32
+    hard = F.cross_entropy(logits.to(dtype), targets, ignore_index=-1, reduction="none")  # 0 where ignored
+    soft = -(teacher_logits.to(dtype).softmax(-1) * logits.to(dtype).log_softmax(-1)).sum(-1)
+    return (((1 - share) * hard + share * soft) * keep).sum() / keep.sum()
 
 
 class ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, weight, targets, softcap):
+    def forward(ctx, h, weight, targets, softcap, teacher):
         device = h.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
         with torch.autocast(device, enabled=False):
-            loss_sum, grad_h, grad_w = loss_and_grads(h.to(dtype), weight.to(dtype), targets, softcap)
+            loss_sum, grad_h, grad_w = loss_and_grads(h.to(dtype), weight.to(dtype), targets, softcap, teacher)
         count = (targets != -1).sum()
         ctx.save_for_backward(grad_h, grad_w, count)
         ctx.dtypes = h.dtype, weight.dtype
@@ -50,12 +84,15 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         grad_h, grad_w, count = ctx.saved_tensors
         scale = grad_loss / count
         h_dtype, w_dtype = ctx.dtypes
-        return (grad_h * scale).to(h_dtype), (grad_w * scale).to(w_dtype), None, None
+        return (grad_h * scale).to(h_dtype), (grad_w * scale).to(w_dtype), None, None, None
 
 
-def loss_and_grads(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float):
+def loss_and_grads(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float,
+                   teacher: Teacher | None = None):
     """(summed loss, d loss_sum / d h, d loss_sum / d weight) with h and weight already in the compute dtype.
     Losses and softmax are float32; the weight's gradient is summed over chunks in float32."""
+    share = teacher.share if teacher is not None else 0.0
+    teacher_head = teacher.head.to(h.dtype) if teacher is not None else None
     grad_h = torch.empty_like(h)
     grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device)
     loss_sum = torch.zeros((), dtype=torch.float32, device=h.device)
@@ -64,11 +101,15 @@ def loss_and_grads(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
         hc, tc = h[start : start + rows], targets[start : start + rows]  # (n, C), (n,)
         logits = (hc @ weight.t()).float()  # (n, vocab)
         if softcap:
-            capped = torch.tanh(logits / softcap)
-            logits = softcap * capped
+            squashed = torch.tanh(logits / softcap)
+            logits = softcap * squashed
         keep = (tc != -1)[:, None]  # (n, 1)
         safe = tc.clamp(min=0)[:, None]  # an ignored row's target is any valid index; keep zeroes it out
         target_logits = logits.gather(1, safe)  # (n, 1)
+        if teacher is not None:  # the teacher's distribution and the logits' mean under it
+            taught = capped((teacher.hidden[start : start + rows].to(h.dtype) @ teacher_head.t()).float(),
+                            teacher.softcap).softmax(dim=-1)  # (n, vocab)
+            target_logits = (1 - share) * target_logits + share * torch.linalg.vecdot(taught, logits)[:, None]
         # The softmax in place of the logits, with one exponential per logit (logsumexp and then a softmax
         # take two, and one more pass: 0.74 against 1.23 ms for (256, 4096) float32 logits on a 2-core CPU)
         most = logits.amax(dim=-1, keepdim=True)  # (n, 1)
@@ -76,10 +117,12 @@ def loss_and_grads(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
         total = grad.sum(dim=-1, keepdim=True)  # (n, 1)
         loss_sum += ((most + total.log() - target_logits) * keep).sum()  # log-sum-exp minus the target's logit
         grad.div_(total)
-        grad.scatter_add_(1, safe, torch.full_like(total, -1.0))  # minus the one-hot target
+        grad.scatter_add_(1, safe, torch.full_like(total, share - 1.0))  # minus the target
+        if teacher is not None:
+            grad.sub_(taught, alpha=share)
         grad.mul_(keep)
         if softcap:
-            grad.mul_(1 - capped.square())  # through cap * tanh(z / cap)
+            grad.mul_(1 - squashed.square())  # through cap * tanh(z / cap)
         grad = grad.to(h.dtype)
         torch.mm(grad, weight, out=grad_h[start : start + rows])
         if grad.dtype == torch.float32:

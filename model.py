@@ -374,29 +374,39 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding and "wpe" in self.transformer else n
 
-    def forward(self, idx, targets=None, cache: KVCache | None = None):
-        """idx: (B, T) token ids → logits (B, T, vocab), and the mean cross-entropy if targets are given.
+    def forward(self, idx, targets=None, cache: KVCache | None = None, teacher: lm_loss.Teacher | None = None):
+        """idx: (B, T) token ids → logits (B, T, vocab), and the mean cross-entropy if targets are given: against
+        the targets, or with a teacher (distillation, lm_loss.Teacher of B * T rows) against the mix of targets
+        and the teacher's distribution that lm_loss.cross_entropy describes.
 
         Training on a CPU (targets, gradients on, self.chunked_loss, not compiled) returns (None, loss): the
         loss is computed in chunks without the whole logits, much faster there (lm_loss.py)."""
         B, T = idx.shape
+        x = self.hidden(idx, cache)
+        if targets is not None and self.chunked_loss and x.device.type == "cpu" and torch.is_grad_enabled() \
+                and not torch.compiler.is_compiling():  # torch.compile traces the plain path as one graph
+            loss = lm_loss.cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(-1),
+                                         self.config.logit_softcap, teacher)
+            return None, loss  # the logits were never formed as a whole (lm_loss.py says why)
+        logits = self.cap_logits(self.lm_head(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None and teacher is not None:
+            taught = lm_loss.capped(F.linear(teacher.hidden, teacher.head), teacher.softcap)  # (B * T, vocab)
+            loss = lm_loss.distilled_cross_entropy(logits.view(B * T, -1), targets.reshape(-1), taught,
+                                                   teacher.share)
+        elif targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T) token ids → the (B, T, C) final hidden states that the output layer turns into logits."""
         x, rope = self.embed(idx, cache)
         x = dropout(x, self.dropout, self.training)
         for i, block in enumerate(self.transformer.h):
             x = block(x, cache, i, rope)
         if cache is not None:
-            cache.pos += T
-        x = self.transformer.ln_f(x)
-        if targets is not None and self.chunked_loss and x.device.type == "cpu" and torch.is_grad_enabled() \
-                and not torch.compiler.is_compiling():  # torch.compile traces the plain path as one graph
-            loss = lm_loss.cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(-1),
-                                         self.config.logit_softcap)
-            return None, loss  # the logits were never formed as a whole (lm_loss.py says why)
-        logits = self.cap_logits(self.lm_head(x))  # (B, T, vocab)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+            cache.pos += idx.size(1)
+        return self.transformer.ln_f(x)
 
     def embed(self, idx: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, tuple | None]:
         """(B, T) token ids after the cache's positions → their (B, T, C) embeddings, and the rotary tables of
@@ -411,8 +421,7 @@ class GPT(nn.Module):
 
     def cap_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """The output layer's (B, T, vocab) products → logits: soft-capped when the config says so."""
-        cap = self.config.logit_softcap
-        return cap * torch.tanh(logits / cap) if cap else logits
+        return lm_loss.capped(logits, self.config.logit_softcap)
 
     def decode(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """forward(idx, cache=cache)'s logits as in eval mode, computed for sampling: the same layers and

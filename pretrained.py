@@ -1,4 +1,5 @@
 """Where a fine-tuning run starts (``--init_from``): one of our checkpoints, a Hugging Face GPT-2 folder, or a hub name.
+A teacher to distil (``--distill_from``) is loaded the same way.
 
     source = load_source("gpt2")               # downloaded once into the Hugging Face cache
     source = load_source("~/models/distilgpt2")  # config.json + model.safetensors + tokenizer.json
@@ -44,7 +45,7 @@ FINETUNE_DEFAULTS = dict(
 
 
 class SourceError(CheckpointError):
-    """An --init_from source that cannot be used: missing, of another kind, or needing a package."""
+    """An --init_from or --distill_from model that cannot be used: missing, of another kind, or needing a package."""
 
 
 @dataclass(frozen=True)
@@ -74,19 +75,20 @@ class Source:
 # --------------------------------------------------------------------------- finding the source
 
 
-def load_source(name: str) -> Source:
-    """Our checkpoint (a file), a Hugging Face folder, or a hub name (downloaded once); SourceError otherwise."""
+def load_source(name: str, flag: str = "--init_from") -> Source:
+    """Our checkpoint (a file), a Hugging Face folder, or a hub name (downloaded once); SourceError, naming flag,
+    otherwise."""
     path = Path(name).expanduser()
     if path.is_file():
-        return from_checkpoint(name, path)
+        return from_checkpoint(name, path, flag)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise SourceError(f"--init_from {name} is a folder without config.json: pass a Hugging Face model "
+            raise SourceError(f"{flag} {name} is a folder without config.json: pass a Hugging Face model "
                               f"folder (config.json, model.safetensors, tokenizer.json) or a .pt checkpoint")
-        return from_hf_folder(name, path, "hf_folder")
+        return from_hf_folder(name, path, "hf_folder", flag)
     if looks_like_hub_name(name):
-        return from_hf_folder(name, hub_download(name), "hub")
-    raise SourceError(f"--init_from {name} does not exist: pass a .pt checkpoint, a Hugging Face model folder or "
+        return from_hf_folder(name, hub_download(name, flag), "hub", flag)
+    raise SourceError(f"{flag} {name} does not exist: pass a .pt checkpoint, a Hugging Face model folder or "
                       f"a hub name such as gpt2")
 
 
@@ -95,37 +97,37 @@ def looks_like_hub_name(name: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name)) and not name.endswith((".pt", ".json"))
 
 
-def hub_download(name: str) -> Path:
+def hub_download(name: str, flag: str) -> Path:
     """The model's files from the Hugging Face hub, in its usual cache (downloaded on first use only)."""
     try:
         import huggingface_hub
     except ImportError:
-        raise SourceError(f"--init_from {name} looks like a hub name, and downloading it needs the huggingface_hub "
+        raise SourceError(f"{flag} {name} looks like a hub name, and downloading it needs the huggingface_hub "
                           f"package: {HUB_HINT}; or pass a local model folder") from None
     try:
         folder = huggingface_hub.snapshot_download(name, allow_patterns=HUB_FILES)
     except Exception as exc:  # offline, unknown repository, gated, disk full: the hub raises many kinds
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise SourceError(
-            f"--init_from {name}: could not get it from the Hugging Face hub ({type(exc).__name__}: {reason}); "
+            f"{flag} {name}: could not get it from the Hugging Face hub ({type(exc).__name__}: {reason}); "
             f"connect once to download it, or download the folder yourself "
             f"(huggingface-cli download {name} --local-dir models/{name.split('/')[-1]}) and pass that folder"
         ) from None
     return Path(folder)
 
 
-def from_checkpoint(name: str, path: Path) -> Source:
-    state = load_checkpoint(path, flag="--init_from")
-    tok = embedded_tokenizer(state, f"--init_from {name}")
+def from_checkpoint(name: str, path: Path, flag: str) -> Source:
+    state = load_checkpoint(path, flag=flag)
+    tok = embedded_tokenizer(state, f"{flag} {name}")
     return Source(name, "checkpoint", path, model_config(state["config"]), state["model"], tok, path)
 
 
 # --------------------------------------------------------------------------- a Hugging Face GPT-2 folder
 
 
-def from_hf_folder(name: str, folder: Path, kind: str) -> Source:
-    where = f"--init_from {name}"
-    config = gpt2_config(read_json(folder / "config.json", where), where)
+def from_hf_folder(name: str, folder: Path, kind: str, flag: str) -> Source:
+    where = f"{flag} {name}"
+    config = gpt2_config(read_json(folder / "config.json", where), where, flag)
     if not (folder / "tokenizer.json").is_file():
         raise SourceError(f"{where} has no tokenizer.json: save the tokenizer with the model "
                           f"(tokenizer.save_pretrained(folder)) or pass a folder that has one")
@@ -147,10 +149,10 @@ def read_json(path: Path, where: str) -> dict:
     return value
 
 
-def gpt2_config(hf: dict, where: str) -> GPTConfig:
+def gpt2_config(hf: dict, where: str, flag: str = "--init_from") -> GPTConfig:
     """Our GPTConfig for a Hugging Face GPT-2 config.json; SourceError for anything our model cannot reproduce."""
     if hf.get("model_type") != "gpt2":
-        raise SourceError(f"{where} is a {hf.get('model_type', 'unknown')!r} model; --init_from takes GPT-2 models "
+        raise SourceError(f"{where} is a {hf.get('model_type', 'unknown')!r} model; {flag} takes GPT-2 models "
                           f"(model_type gpt2: gpt2, distilgpt2, gpt2-medium, ...) or our own checkpoints")
     n_embd = hf.get("n_embd")
     problems = {
@@ -285,6 +287,29 @@ def merged_flags(args: argparse.Namespace, typed: dict, source: Source) -> tuple
                      f"the model's shape and tokenizer come from the source, the optimizer settings from the "
                      f"fine-tuning defaults")
     return merged, notes
+
+
+def distill_flags(args: argparse.Namespace, typed: dict, teacher: Source, decided: tuple | None) -> argparse.Namespace:
+    """The flags of a run that distils teacher (a new namespace): the corpus is encoded with the teacher's
+    tokenizer, since the student learns distributions over the teacher's tokens. decided: (tokenizer, whose) when
+    --resume or --init_from has fixed the run's tokenizer already; it must then be the teacher's."""
+    where, context = f"--distill_from {teacher.name}", teacher.config.block_size
+    if args.block_size > context:
+        raise SourceError(f"--block_size {args.block_size} is longer than the context of {where} ({context} "
+                          f"tokens): pass --block_size {context} or less")
+    if decided is not None:
+        own, whose = decided
+        if tokenizer.tokenizer_hash(own) != tokenizer.tokenizer_hash(teacher.tok):
+            raise SourceError(f"{where} has another tokenizer than {whose}: a teacher must predict the same tokens "
+                              f"as the model it teaches")
+        return args
+    same = {"tokenizer_type": tokenizer.kind(teacher.tok), "vocab_size": teacher.tok.get_vocab_size()}
+    for flag in TOKENIZER_FLAGS + ("vocab_size",):
+        if flag in typed and not (flag in same and typed[flag] == same[flag]):
+            raise SourceError(f"--{flag} cannot be used with {where}: the run encodes the corpus with the teacher's "
+                              f"own tokenizer")
+    return argparse.Namespace(**{**vars(args), **same, "tokenizer": None, "tokenizer_path": teacher.tok_path,
+                                 "min_frequency": 0})
 
 
 def initial_weights(source: Source, block_size: int) -> dict:

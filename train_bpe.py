@@ -196,6 +196,13 @@ FLAGS: list[tuple[str, list[tuple[str, dict]]]] = [
                              help="start from existing weights and fine-tune them on the corpus: one of our .pt "
                                   "checkpoints, a Hugging Face GPT-2 folder, or a hub name (gpt2, distilgpt2, ...; "
                                   "needs huggingface_hub and the network once); its shape and tokenizer are used")),
+        ("--distill_from", dict(metavar="SOURCE",
+                                help="distil a teacher: learn its next-token distributions as well as the text "
+                                     "(knowledge distillation); a source as for --init_from, usually a bigger "
+                                     "or longer-trained model; the run uses its tokenizer")),
+        ("--distill_weight", dict(type=finite_float, default=0.5,
+                                  help="with --distill_from: the share of each target that is the teacher's "
+                                       "distribution rather than the next token of the text, in (0, 1]")),
         ("--pos_emb", dict(choices=model.POS_EMBS, default="learned",
                            help="positions: a learned table (GPT-2) or rotary embeddings (rope, as Llama)")),
         ("--rope_theta", dict(type=finite_float, default=10000.0, help="rotary base frequency (with --pos_emb rope)")),
@@ -327,6 +334,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
     if "resume" in typed and "init_from" in typed:
         parser.error("--resume and --init_from cannot be used together: --resume continues a run exactly, "
                      "--init_from starts a new run from existing weights")
+    if "distill_weight" in typed and "distill_from" not in typed and "resume" not in typed:
+        parser.error("--distill_weight needs --distill_from: the model whose predictions it weighs")
     args = argparse.Namespace(**(defaults(parser, typed) | typed))
     if args.tokenizer_type != "bpe" and "min_frequency" not in typed:
         args.min_frequency = 0  # a preset's value is for byte-level BPE; SentencePiece has no such setting
@@ -367,6 +376,8 @@ def check_args(args) -> str | None:
     for name in ("weight_decay", "grad_clip", "dropout_after", "dropout_below"):
         if getattr(args, name) < 0:
             return f"--{name} must not be negative, got {getattr(args, name)}"
+    if not 0 < args.distill_weight <= 1:
+        return f"--distill_weight must be in (0, 1], got {args.distill_weight}"
     if args.lr * args.weight_decay >= 1:  # decoupled decay multiplies every weight by 1 - lr * weight_decay
         return (f"--weight_decay {args.weight_decay} with --lr {args.lr} would shrink every weight to zero or "
                 f"below in one step: keep --lr x --weight_decay below 1 (0.1 is usual)")
@@ -415,17 +426,40 @@ def load_init(args, typed: dict, resumed) -> tuple[argparse.Namespace, pretraine
     return merged, source
 
 
-def train(args, resumed: resume.Resume | None, source: pretrained.Source | None, world: distributed.World,
-          stop: GracefulStop) -> int:
+def load_teacher(args, typed: dict, resumed: resume.Resume | None,
+                 source: pretrained.Source | None) -> tuple[argparse.Namespace, pretrained.Source | None]:
+    """With --distill_from: the teacher, and the run's flags merged with it (its tokenizer)."""
+    if not args.distill_from:
+        return args, None
+    gone = not Path(args.distill_from).expanduser().exists() and not pretrained.looks_like_hub_name(args.distill_from)
+    if resumed is not None and "distill_from" not in typed and gone:
+        raise pretrained.SourceError(f"--resume {resumed.path} learns from --distill_from {args.distill_from}, which "
+                                     f"does not exist any more: add --distill_from with where that teacher is now")
+    teacher = pretrained.load_source(args.distill_from, flag="--distill_from")
+    decided = None  # the tokenizer the run already has, and whose it is
+    if resumed is not None:
+        decided = resume.checkpoint_tokenizer(args, resumed)[0], f"--resume {resumed.path}"
+    elif source is not None:
+        decided = source.tok, f"--init_from {source.name}"
+    merged = pretrained.distill_flags(args, typed, teacher, decided)
+    print(f"distill_from: {teacher.describe()}; its distributions are {args.distill_weight:g} of each target (the "
+          f"training loss shown is against that mix, the validation loss against the text alone)")
+    return merged, teacher
+
+
+def train(args, resumed: resume.Resume | None, source: pretrained.Source | None, teacher: pretrained.Source | None,
+          world: distributed.World, stop: GracefulStop) -> int:
     """Wiring: check outputs, prepare the data, build the run, train."""
     if world.is_main:
-        trainer.check_outputs(args, trains_tokenizer=resumed is None and source is None and args.tokenizer is None)
-    start_tok = (source.tok, source.tok_path) if source else None
+        trainer.check_outputs(args, trains_tokenizer=resumed is None and source is None and teacher is None
+                              and args.tokenizer is None)
+    start = source or teacher  # the model whose tokenizer a new run uses
+    start_tok = (start.tok, start.tok_path) if start else None
     run_data = prepare_data(args, world, resumed, start_tok)
     if resumed is None:  # a resumed run keeps the dropout it started with
         trainer.fit_dropout_to_corpus(args, run_data, source)
     print(format_config(args))
-    run, state = trainer.setup(args, world, run_data, resumed, source)
+    run, state = trainer.setup(args, world, run_data, resumed, source, teacher)
     return trainer.fit(run, state, stop)
 
 
@@ -448,9 +482,10 @@ def run_main(argv) -> int:
             with distributed.quiet(rank != 0):  # ... and reads the same checkpoint
                 args, resumed = load_resume(args, typed)
                 args, source = load_init(args, typed, resumed)
+                args, teacher = load_teacher(args, typed, resumed, source)
                 world = distributed.setup(args.device, cli.resolve_device)
             with world.quiet():  # rank 0 speaks for the job; the others print nothing unless they fail
-                return train(args, resumed, source, world, stop)
+                return train(args, resumed, source, teacher, world, stop)
         except (data.DataError, CheckpointError, OutputError, distributed.DistributedError, TrainingDiverged) as exc:
             # Before the process group exists, and for a diverged run, every rank fails alike: rank 0 reports.
             # Later, rank 0 has prepared the data before the others start, so another rank's error is its own.

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 import data
 import distributed
+import lm_loss
 import metrics
 import muon
 import pretrained
@@ -58,6 +59,7 @@ class Run:
     log: metrics.MetricsLog
     start_step: int = 0  # where this process started (0, or the step a resume continues from)
     init_from: dict | None = None  # the model this run started from (--init_from), for checkpoints and metrics
+    teacher: GPT | None = None  # the model it learns the distributions of (--distill_from), frozen
 
     @property
     def tokens_per_step(self) -> int:
@@ -153,6 +155,11 @@ def check_outputs(args, trains_tokenizer: bool) -> None:
         check_file_target(args.out_dir / name, "--out_dir")
     # Room for best + last + the temporary file of a save.
     check_free_space(args.out_dir, 3 * checkpoint_bytes(args), "--out_dir", names=(BEST_NAME, LAST_NAME))
+    if args.distill_from:  # a teacher this run's saves replace: resumed, the run would learn from itself
+        teacher = Path(args.distill_from).expanduser().resolve()
+        if teacher in {(args.out_dir / name).resolve() for name in (BEST_NAME, LAST_NAME)}:
+            raise OutputError(f"--distill_from {args.distill_from} is where this run saves its checkpoints: it "
+                              f"would be overwritten; copy the teacher elsewhere, or pass another --out_dir")
     if trains_tokenizer:
         check_file_target(args.tokenizer_path, "--tokenizer_path")
     if args.cache_dir is not None:
@@ -165,9 +172,10 @@ def check_outputs(args, trains_tokenizer: bool) -> None:
 
 
 def setup(args, world: distributed.World, run_data: RunData, resume: resume_.Resume | None = None,
-          source: pretrained.Source | None = None) -> tuple[Run, TrainState]:
+          source: pretrained.Source | None = None,
+          teacher: pretrained.Source | None = None) -> tuple[Run, TrainState]:
     """Builds the model, optimizer and state for step 0 (from random weights or a source model's), or restores
-    them from a checkpoint to resume."""
+    them from a checkpoint to resume; and the teacher's model, to distil."""
     torch.manual_seed(args.seed)  # the same initial weights on every rank (DDP also copies rank 0's)
     device = world.device
     raw_model = GPT(model_config(args, run_data, source))
@@ -195,7 +203,8 @@ def setup(args, world: distributed.World, run_data: RunData, resume: resume_.Res
         note_small_corpus(raw_model, run_data, BEST_NAME, small_below=args.dropout_below or 1.0)
     log = metrics.MetricsLog(args.out_dir / metrics.METRICS_NAME if world.is_main else None)  # one writer
     init_from = source.record() if source else (resume.state.get("init_from") if resume else None)
-    run = Run(args, world, run_data, model, dtype, log, start_step=state.step, init_from=init_from)
+    run = Run(args, world, run_data, model, dtype, log, start_step=state.step, init_from=init_from,
+              teacher=frozen(teacher, device))
     ranks = f" x {world.size} processes" if world.enabled else ""
     sequences = args.batch_size * args.grad_accum_steps * world.size
     print(f"device: {device}, precision: {dtype or torch.float32}, parameters: {raw_model.num_params() / 1e6:.2f}M, "
@@ -204,6 +213,16 @@ def setup(args, world: distributed.World, run_data: RunData, resume: resume_.Res
     log.write("start", step=state.step, tokens_per_step=run.tokens_per_step, config=plain_flags(args),
               **({"init_from": init_from} if init_from else {}))
     return run, state
+
+
+def frozen(teacher: pretrained.Source | None, device: torch.device) -> GPT | None:
+    """The teacher's model (--distill_from) on the device, in eval mode, without gradients; None without one."""
+    if teacher is None:
+        return None
+    with torch.random.fork_rng(devices=[]):  # its random initialisation, overwritten at once, must not move the
+        model = GPT(teacher.config)  # run's random stream: a resumed run has restored it already
+    model.load_state_dict(teacher.weights)
+    return model.requires_grad_(False).to(device).eval()
 
 
 def model_config(args, run_data: RunData, source: pretrained.Source | None) -> GPTConfig:
@@ -332,7 +351,7 @@ def train_step(run: Run, state: TrainState) -> float:
             x, y = x.to(device), y.to(device)
         with world.grad_sync(run.model, sync=micro_step == args.grad_accum_steps - 1):
             with run.autocast():
-                _, loss = run.model(x, y)
+                _, loss = run.model(x, y, teacher=taught(run, state, x))
             loss_sum += loss.detach()
             # mean over the micro-steps here; DDP's all-reduce then averages over the ranks
             state.scaler.scale(loss / args.grad_accum_steps).backward()
@@ -351,6 +370,18 @@ def train_step(run: Run, state: TrainState) -> float:
             f"non-finite loss or gradient (--max_bad_steps {args.max_bad_steps}); {kept_checkpoint(run, state)}"
         )
     return loss_sum.item() / args.grad_accum_steps
+
+
+def taught(run: Run, state: TrainState, x: torch.Tensor) -> lm_loss.Teacher | None:
+    """What the loss needs of the teacher (--distill_from) for the batch x: its final hidden states, and its
+    output layer cut to the student's vocabulary (a Hugging Face model may have more rows than its tokenizer has
+    tokens); None without a teacher."""
+    if run.teacher is None:
+        return None
+    with torch.no_grad():
+        hidden = run.teacher.hidden(x)  # (B, T, C')
+    head = run.teacher.lm_head.weight[: state.raw_model.config.vocab_size]
+    return lm_loss.Teacher(hidden.flatten(0, 1), head, run.teacher.config.logit_softcap, run.args.distill_weight)
 
 
 def train_batch(run: Run, state: TrainState, micro_step: int):

@@ -66,6 +66,10 @@ def reuse_flags(args, out: Path, extra: list[str]) -> tuple[list[str], Path]:
     if args.keep is None:
         return ["--tokenizer_path", str(out / "tokenizer.json")], out / "token_cache"
     flags = train_bpe.parse_args(["--preset", "cpu", *extra])[0]
+    if flags.init_from or flags.distill_from:  # the run encodes with that model's tokenizer: keep its cache only
+        name = (args.data_dir or args.data_file).name
+        cache = args.keep / f"{name}-{Path(flags.distill_from or flags.init_from).stem}-cache"
+        return ["--cache_dir", str(cache)], cache
     vocab = f"v{flags.vocab_size}" + (f"-f{flags.min_frequency}" if flags.min_frequency else "")
     corpus = args.data_dir or args.data_file
     # "train-part": tokenizers trained on the text before the held-out split (data.tokenizer_text_end); kept

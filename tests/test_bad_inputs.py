@@ -71,6 +71,9 @@ def ws(tiny_run, tmp_path_factory) -> Path:
     wide = {**good["model"], "transformer.wte.weight": torch.zeros(300, 48)}
     torch.save({**good, "model": {**wide, "lm_head.weight": wide["transformer.wte.weight"]}}, ws / "badshape.pt")
     torch.save({**good, "args": {**good["args"], "max_time": 2.0}, "train_time": 5.0}, ws / "timed.pt")
+    torch.save({**good, "args": {**good["args"], "distill_from": str(ws / "gone.pt")}}, ws / "orphan.pt")
+    (ws / "out_self").mkdir()
+    shutil.copy(ws / "good.pt", ws / "out_self" / trainer.BEST_NAME)  # a teacher where the run would save
     no_bias = {**good["config"], "bias": False}  # a sound model that llama.cpp's gpt2 cannot run
     torch.save({**good, "config": no_bias, "model": GPT(GPTConfig(**no_bias)).state_dict()}, ws / "nobias.pt")
     # A SentencePiece checkpoint is refused on its tokenizer_type alone, so these bytes are never parsed.
@@ -235,6 +238,23 @@ TRAIN_CASES = [
      ["--min_frequency", "cannot be used with --init_from"]),
     ("init_from damaged checkpoint", ["--init_from", "{ws}/badshape.pt"], ["--init_from", "badshape.pt", "damaged"]),
     ("init_from crafted pickle", ["--init_from", "{ws}/evil.pt"], ["--init_from", "evil.pt", "refusing"]),
+    # Distilling a teacher.
+    ("distill_from missing", ["--distill_from", "{ws}/nope.pt"], ["--distill_from", "nope.pt", "does not exist"]),
+    ("distill_from crafted pickle", ["--distill_from", "{ws}/evil.pt"], ["--distill_from", "evil.pt", "refusing"]),
+    ("distill_from longer context", ["--distill_from", "{ws}/good.pt", "--block_size", "64"],
+     ["--block_size 64", "longer than the context", "32"]),
+    ("distill_from with a tokenizer", ["--distill_from", "{ws}/good.pt", "--tokenizer", "{ws}/other_tok.json"],
+     ["--tokenizer", "cannot be used with --distill_from"]),
+    ("distill_from other vocab_size", ["--distill_from", "{ws}/good.pt", "--vocab_size", "500"],
+     ["--vocab_size", "cannot be used with --distill_from"]),
+    ("distill_from where the run saves",
+     ["--distill_from", "{ws}/out_self/bpe_best.pt", "--out_dir", "{ws}/out_self"],
+     ["--distill_from", "bpe_best.pt", "overwritten", "--out_dir"]),
+    ("distill_weight 0", ["--distill_from", "{ws}/good.pt", "--distill_weight", "0"], ["--distill_weight", "(0, 1]"]),
+    ("distill_weight nan", ["--distill_from", "{ws}/good.pt", "--distill_weight", "nan"], ["--distill_weight", "finite"]),
+    ("distill_weight without distill_from", ["--distill_weight", "0.3"], ["--distill_weight needs --distill_from"]),
+    ("resume a run whose teacher is gone", ["--resume", "{ws}/orphan.pt", "--max_steps", "50"],
+     ["--resume", "orphan.pt", "--distill_from", "gone.pt", "does not exist", "where that teacher is now"]),
 ]
 
 SAMPLE_CASES = [

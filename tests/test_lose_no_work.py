@@ -47,8 +47,8 @@ def poison_evaluation(monkeypatch):
     """Every validation loss is NaN while the weights stay finite (a model that blew up into huge values)."""
     real = GPT.forward
 
-    def forward(self, idx, targets=None, cache=None):
-        logits, loss = real(self, idx, targets, cache)
+    def forward(self, idx, targets=None, cache=None, teacher=None):
+        logits, loss = real(self, idx, targets, cache, teacher)
         if not self.training and targets is not None:
             loss = loss * float("nan")
         return logits, loss

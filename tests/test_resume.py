@@ -151,8 +151,8 @@ def poison_forward(monkeypatch, bad):
     real = GPT.forward
     calls = {"n": 0}
 
-    def forward(self, idx, targets=None, cache=None):
-        logits, loss = real(self, idx, targets, cache)
+    def forward(self, idx, targets=None, cache=None, teacher=None):
+        logits, loss = real(self, idx, targets, cache, teacher)
         if self.training and targets is not None:
             calls["n"] += 1
             if bad(calls["n"]):
@@ -176,13 +176,13 @@ def test_nan_weights_are_never_saved_and_a_diverged_run_stops(tiny_file, tok_fil
     real = GPT.forward
     calls = {"n": 0}
 
-    def forward(self, idx, targets=None, cache=None):  # step 7 blows the weights up; every loss is NaN after
+    def forward(self, idx, targets=None, cache=None, teacher=None):  # step 7 blows the weights up; every loss is NaN after
         if self.training and targets is not None:
             calls["n"] += 1
             if calls["n"] == 7:
                 with torch.no_grad():
                     self.lm_head.weight.fill_(float("nan"))
-        return real(self, idx, targets, cache)
+        return real(self, idx, targets, cache, teacher)
 
     monkeypatch.setattr(GPT, "forward", forward)
     args = run_args(tiny_file, tok_file, tmp_path, "--max_bad_steps", "4", "--eval_interval", "4")
