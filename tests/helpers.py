@@ -1,9 +1,13 @@
-"""What the tests share besides fixtures: the tiny corpus, the tiny model's flags, paths.
+"""What the tests share besides fixtures: the tiny corpus, the tiny model's flags, paths, a signal at a step.
 
 Imported as ``from helpers import ...`` (pytest puts tests/ on the path); fixtures live in conftest.py.
 """
 
+import os
+import signal
 from pathlib import Path
+
+import trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,3 +27,15 @@ TINY_MODEL_ARGS = [
 # of late 2026 (main at 6555438): --max_steps 20 on tiny.txt (TINY_TEXT) with TINY_MODEL_ARGS. Every later
 # version must keep loading, sampling, resuming and exporting it.
 OLD_RUN = ROOT / "tests" / "fixtures" / "v1-6555438"
+
+
+def signal_at_step(monkeypatch, step: int, signum=signal.SIGINT):
+    """Sends signum to this process while optimizer step ``step`` (0-based) is starting."""
+    real = trainer.lr_factor
+
+    def lr_factor(s, *args, **kwargs):
+        if s == step:
+            os.kill(os.getpid(), signum)
+        return real(s, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "lr_factor", lr_factor)

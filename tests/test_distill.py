@@ -1,8 +1,6 @@
 """--distill_from: the loss against a teacher's distributions, what a distilled run learns, resuming one."""
 
 import math
-import os
-import signal
 
 import pytest
 import torch
@@ -12,9 +10,8 @@ import lm_loss
 import train_bpe
 import trainer
 from checkpoint import load_checkpoint, load_model
-from model import GPT, GPTConfig
 
-from helpers import TINY_MODEL_ARGS
+from helpers import TINY_MODEL_ARGS, signal_at_step
 
 EPS32 = torch.finfo(torch.float32).eps
 LAST, BEST = trainer.LAST_NAME, trainer.BEST_NAME
@@ -74,37 +71,6 @@ def test_the_distilled_loss_is_the_mix_of_the_two_cross_entropies():
     assert entropy < soft
 
 
-def test_the_model_gives_the_same_distilled_loss_through_chunks_and_through_whole_logits():
-    config = GPTConfig(vocab_size=300, block_size=16, n_layer=2, n_head=2, n_embed=32, dropout=0.0,
-                       pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False)
-    x = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(1))
-    y = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(2))
-    torch.manual_seed(5)
-    teacher_model = GPT(GPTConfig(vocab_size=320, block_size=32, n_layer=1, n_head=2, n_embed=48,
-                                  dropout=0.0)).eval()
-    with torch.no_grad():
-        hidden = teacher_model.hidden(x).flatten(0, 1)
-    # a padded vocabulary, cut; scaled so that its distributions are far from the near-uniform student's
-    teacher = lm_loss.Teacher(hidden, 30 * teacher_model.lm_head.weight[:300], 0.0, 0.5)
-    results = []
-    for chunked_loss in (True, False):
-        torch.manual_seed(0)
-        model = GPT(config).train()
-        model.chunked_loss = chunked_loss
-        logits, loss = model(x, y, teacher=teacher)
-        assert (logits is None) == chunked_loss
-        loss.backward()
-        results.append((loss, {n: p.grad for n, p in model.named_parameters()}))
-    (loss_a, grads_a), (loss_b, grads_b) = results
-    assert loss_a.item() == pytest.approx(loss_b.item(), rel=1e-5)
-    for name, g in grads_b.items():
-        assert (grads_a[name] - g).abs().max() <= 1e-4 * g.abs().max(), name
-    model.zero_grad()
-    model(x, y)[1].backward()  # without the teacher: other targets, other gradients
-    head = model.lm_head.weight.grad
-    assert (head - grads_b["transformer.wte.weight"]).abs().max() > 0.1 * head.abs().max()  # tied
-
-
 def run_args(tiny_file, out, *extra) -> list[str]:
     """The tiny model's flags, less its vocabulary size: a student's tokenizer is the teacher's."""
     at = TINY_MODEL_ARGS.index("--vocab_size")
@@ -157,14 +123,7 @@ def test_a_distilled_run_resumes_exactly(teacher, tiny_file, tmp_path, monkeypat
     the run ends bitwise as one that was never interrupted."""
     flags = ["--max_steps", "10", "--eval_interval", "5", "--dropout", "0.1", "--distill_from", str(teacher)]
     assert train_bpe.main(run_args(tiny_file, tmp_path / "full", *flags)) == 0
-    real = trainer.lr_factor
-
-    def lr_factor(step, *args, **kwargs):
-        if step == 6:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(step, *args, **kwargs)
-
-    monkeypatch.setattr(trainer, "lr_factor", lr_factor)
+    signal_at_step(monkeypatch, 6)
     assert train_bpe.main(run_args(tiny_file, tmp_path / "part", *flags)) == 130
     monkeypatch.undo()
     assert train_bpe.main(["--resume", str(tmp_path / "part" / LAST)]) == 0

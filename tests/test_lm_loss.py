@@ -76,18 +76,30 @@ def test_every_target_ignored_gives_nan_like_cross_entropy():
     assert math.isnan(F.cross_entropy(F.linear(h, w), targets, ignore_index=-1).item())
 
 
+def peaked_teacher(x: torch.Tensor) -> lm_loss.Teacher:
+    """A teacher for batch x (distillation): another width, 320 rows of output layer cut to 300 (as a padded
+    vocabulary is), scaled so that its distributions are far from a newly initialised student's."""
+    torch.manual_seed(5)
+    model = GPT(GPTConfig(vocab_size=320, block_size=32, n_layer=1, n_head=2, n_embed=48, dropout=0.0)).eval()
+    with torch.no_grad():
+        hidden = model.hidden(x).flatten(0, 1)  # (B * T, 48)
+    return lm_loss.Teacher(hidden, 30 * model.lm_head.weight[:300], 0.0, 0.5)
+
+
+@pytest.mark.parametrize("distil", [False, True])
 @pytest.mark.parametrize("layout", [dict(), dict(pos_emb="rope", norm="rmsnorm", mlp="swiglu", bias=False,
                                                    tie_embeddings=False, logit_softcap=10.0)])
-def test_training_the_model_through_chunks_gives_the_plain_loss_and_gradients(layout):
+def test_training_the_model_through_chunks_gives_the_plain_loss_and_gradients(layout, distil):
     config = GPTConfig(vocab_size=300, block_size=16, n_layer=2, n_head=2, n_embed=32, dropout=0.0, **layout)
     x = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(2))
+    teacher = peaked_teacher(x) if distil else None
     results = []
     for chunked_loss in (True, False):
         torch.manual_seed(0)
         model = GPT(config).train()
         model.chunked_loss = chunked_loss
-        logits, loss = model(x, y)
+        logits, loss = model(x, y, teacher=teacher)
         assert (logits is None) == chunked_loss  # the chunked path never forms the logits
         loss.backward()
         results.append((loss, {n: p.grad for n, p in model.named_parameters()}))
@@ -95,6 +107,11 @@ def test_training_the_model_through_chunks_gives_the_plain_loss_and_gradients(la
     assert loss_a.item() == pytest.approx(loss_b.item(), rel=1e-5)
     for name, g in grads_b.items():
         assert (grads_a[name] - g).abs().max() <= 1e-4 * g.abs().max(), name
+    if distil:  # the teacher's distributions are other targets: other gradients than the text's alone
+        model.zero_grad()
+        model(x, y)[1].backward()
+        first = model.transformer.h[0].mlp.c_fc.weight.grad
+        assert (first - grads_b["transformer.h.0.mlp.c_fc.weight"]).abs().max() > 0.1 * first.abs().max()
     with torch.no_grad():  # evaluation still gets logits
         logits, _ = model(x, y)
     assert logits.shape == (4, 16, 300)

@@ -26,7 +26,7 @@ from checkpoint import load_checkpoint
 from model import GPT
 from stopping import SkippedSteps
 
-from helpers import ROOT, TINY_MODEL_ARGS
+from helpers import ROOT, TINY_MODEL_ARGS, signal_at_step
 
 LAST, BEST = trainer.LAST_NAME, trainer.BEST_NAME
 
@@ -45,18 +45,6 @@ def run_args(tiny_file, tok_file, out: Path, *extra) -> list[str]:
             "--out_dir", str(out), "--max_steps", "12", "--eval_interval", "5", "--eval_iters", "2",
             "--use_cosine", "--warmup_steps", "3", "--lr", "3e-3"]
     return args + list(extra)
-
-
-def signal_at_step(monkeypatch, step: int, signum=signal.SIGINT):
-    """Sends signum to this process while optimizer step ``step`` (0-based) is starting."""
-    real = trainer.lr_factor
-
-    def lr_factor(s, *args, **kwargs):
-        if s == step:
-            os.kill(os.getpid(), signum)
-        return real(s, *args, **kwargs)
-
-    monkeypatch.setattr(trainer, "lr_factor", lr_factor)
 
 
 def assert_same_training_state(a: dict, b: dict) -> None:
