@@ -34,7 +34,7 @@ def chunk_rows(width: int) -> int:
 
 class Teacher(NamedTuple):
     """What distillation needs of a teacher for a batch: its final hidden states (N, C') and output weight
-    (vocab, C'), its soft cap (0: none), and the share of the loss its distribution takes."""
+    (vocab, C'), its soft cap (0: none), and the share of each target that its distribution is."""
 
     hidden: torch.Tensor
     head: torch.Tensor
@@ -53,6 +53,7 @@ def cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
 
 
 def capped(logits: torch.Tensor, softcap: float) -> torch.Tensor:
+    """Logits soft-capped at +-softcap (softcap * tanh(logits / softcap)); unchanged for softcap 0."""
     return softcap * torch.tanh(logits / softcap) if softcap else logits
 
 
