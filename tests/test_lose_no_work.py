@@ -24,7 +24,7 @@ import trainer
 from checkpoint import load_checkpoint
 from model import GPT
 
-from helpers import ROOT, TINY_MODEL_ARGS
+from helpers import ROOT, TINY_MODEL_ARGS, signal_at_step
 
 LAST, BEST = trainer.LAST_NAME, trainer.BEST_NAME
 
@@ -181,14 +181,7 @@ def test_a_signal_during_the_final_evaluation_ends_the_finished_run_normally(tin
 
 def test_a_stop_before_the_first_metrics_record_draws_no_plot_and_no_traceback(tiny_file, tmp_path, monkeypatch,
                                                                                 capsys):
-    real = trainer.lr_factor
-
-    def lr_factor(step, *args, **kwargs):
-        if step == 0:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(step, *args, **kwargs)
-
-    monkeypatch.setattr(trainer, "lr_factor", lr_factor)
+    signal_at_step(monkeypatch, 0)
     assert train_bpe.main(tiny_args(tiny_file, tmp_path, "--log_interval", "10")) == 130
     out, err = capsys.readouterr()
     assert "Traceback" not in err and "stopped by SIGINT at step 1" in out
